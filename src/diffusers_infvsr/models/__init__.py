@@ -1,0 +1,14 @@
+from .transformer_causal_wan import (
+    CausalWanKVCache,
+    CausalWanTransformer3DModel,
+    CausalWanTransformerOutput,
+    block_causal_attention_mask,
+)
+
+
+__all__ = [
+    "CausalWanKVCache",
+    "CausalWanTransformer3DModel",
+    "CausalWanTransformerOutput",
+    "block_causal_attention_mask",
+]
