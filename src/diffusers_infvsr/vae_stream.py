@@ -19,26 +19,29 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 
 def tile_spans(extent: int, tile_size: int | None, tile_stride: int) -> list[tuple[int, int]]:
-    """Overlapping `[start, end)` spans covering `extent`; the last one is moved back to end at `extent`."""
+    """`[start, end)` spans starting every `tile_stride` and clipped at `extent`, until one reaches the end."""
     if tile_size is None or extent <= tile_size:
         return [(0, extent)]
-    starts = list(range(0, extent - tile_size, tile_stride)) + [extent - tile_size]
-    return [(start, start + tile_size) for start in starts]
+    spans = []
+    for start in range(0, extent, tile_stride):
+        spans.append((start, min(start + tile_size, extent)))
+        if start + tile_size >= extent:
+            break
+    return spans
 
 
-def feather_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch.Tensor:
+def feather_weights(span: tuple[int, int], extent: int, ramp_width: int) -> torch.Tensor:
     """
-    Blend weights of span `index` on an output grid `scale` times finer than the spans: linear ramps across the
-    overlaps with its neighbours, so that the weights of overlapping tiles add up to one everywhere.
+    1-D blend weights of a tile covering `span` of `extent`: one, except for a linear ramp `1/w, 2/w, ..., 1` of width
+    `w = ramp_width` on each side that is not on the border (as in the InfVSR release).
     """
-    start, end = (bound * scale for bound in spans[index])
-    weights = torch.ones(end - start, dtype=torch.float64)
-    if index > 0:
-        overlap = spans[index - 1][1] * scale - start
-        weights[:overlap] = torch.arange(1, overlap + 1, dtype=torch.float64) / (overlap + 1)
-    if index < len(spans) - 1:
-        overlap = end - spans[index + 1][0] * scale
-        weights[end - start - overlap :] = torch.arange(overlap, 0, -1, dtype=torch.float64) / (overlap + 1)
+    length = span[1] - span[0]
+    weights = torch.ones(length, dtype=torch.float64)
+    ramp = torch.arange(1, ramp_width + 1, dtype=torch.float64)[:length] / ramp_width
+    if span[0] > 0:
+        weights[: len(ramp)] = torch.minimum(weights[: len(ramp)], ramp)
+    if span[1] < extent:
+        weights[length - len(ramp) :] = torch.minimum(weights[length - len(ramp) :], ramp.flip(0))
     return weights
 
 
@@ -67,7 +70,8 @@ class WanVAEStream:
         tile_latent_size (`int`, *optional*):
             Tile side in latent pixels (8 image pixels each). `None` disables tiling.
         tile_latent_stride (`int`, *optional*):
-            Distance between tile starts in latent pixels; defaults to 7/8 of the tile size.
+            Distance between tile starts in latent pixels; defaults to the release's 110/128 of the tile size. Tiles
+            overlap by `tile_latent_size - tile_latent_stride`, blended with linear ramps across the overlap.
         offload_idle_tiles (`bool`, defaults to `False`):
             Keep the caches of the tiles that are not being processed in host memory.
 
@@ -95,7 +99,7 @@ class WanVAEStream:
                 "supported."
             )
         if tile_latent_size is not None:
-            tile_latent_stride = tile_latent_stride or max(1, tile_latent_size * 7 // 8)
+            tile_latent_stride = tile_latent_stride or max(1, tile_latent_size * 110 // 128)
             if not 0 < tile_latent_stride <= tile_latent_size:
                 raise ValueError(
                     f"`tile_latent_stride` must be in (0, tile_latent_size={tile_latent_size}], got "
@@ -124,38 +128,34 @@ class WanVAEStream:
         std = torch.tensor(self.vae.config.latents_std, device=reference.device, dtype=reference.dtype)
         return mean.view(shape), std.view(shape)
 
-    def _tiles(self, latent_height: int, latent_width: int):
-        rows = tile_spans(latent_height, self.tile_latent_size, self.tile_latent_stride)
-        cols = tile_spans(latent_width, self.tile_latent_size, self.tile_latent_stride)
-        for row_index in range(len(rows)):
-            for col_index in range(len(cols)):
-                yield rows, row_index, cols, col_index
-
     def _run_tiled(self, inputs, caches, num_convs, in_scale, out_scale, out_shape, run_tile):
         """Run `run_tile(tile_inputs, cache)` over the spatial tiles of `inputs` and blend the outputs."""
         latent_height, latent_width = inputs.shape[-2] // in_scale, inputs.shape[-1] // in_scale
-        tiles = list(self._tiles(latent_height, latent_width))
-        if len(tiles) == 1:
-            cache = caches.setdefault((0, 0), [None] * num_convs)
-            return run_tile(inputs, cache)
+        rows = tile_spans(latent_height, self.tile_latent_size, self.tile_latent_stride)
+        cols = tile_spans(latent_width, self.tile_latent_size, self.tile_latent_stride)
+        if len(rows) == len(cols) == 1:
+            return run_tile(inputs, caches.setdefault((0, 0), [None] * num_convs))
 
+        ramp_width = (self.tile_latent_size - self.tile_latent_stride) * out_scale
         output = inputs.new_zeros(out_shape)
         total_weight = inputs.new_zeros(out_shape[-2:])
-        for rows, row_index, cols, col_index in tiles:
-            (top, bottom), (left, right) = rows[row_index], cols[col_index]
-            cache = caches.setdefault((row_index, col_index), [None] * num_convs)
-            if self.offload_idle_tiles:
-                _move_cache(cache, inputs.device)
-            tile = inputs[..., top * in_scale : bottom * in_scale, left * in_scale : right * in_scale]
-            tile_output = run_tile(tile, cache)
-            if self.offload_idle_tiles:
-                _move_cache(cache, torch.device("cpu"))
-            weight = torch.outer(
-                feather_weights(rows, row_index, out_scale), feather_weights(cols, col_index, out_scale)
-            ).to(device=output.device, dtype=output.dtype)
-            window = (..., slice(top * out_scale, bottom * out_scale), slice(left * out_scale, right * out_scale))
-            output[window] += tile_output * weight
-            total_weight[window[1:]] += weight
+        for row_index, (top, bottom) in enumerate(rows):
+            row_weights = feather_weights((top * out_scale, bottom * out_scale), latent_height * out_scale, ramp_width)
+            for col_index, (left, right) in enumerate(cols):
+                cache = caches.setdefault((row_index, col_index), [None] * num_convs)
+                if self.offload_idle_tiles:
+                    _move_cache(cache, inputs.device)
+                tile = inputs[..., top * in_scale : bottom * in_scale, left * in_scale : right * in_scale]
+                tile_output = run_tile(tile, cache)
+                if self.offload_idle_tiles:
+                    _move_cache(cache, torch.device("cpu"))
+                col_weights = feather_weights(
+                    (left * out_scale, right * out_scale), latent_width * out_scale, ramp_width
+                )
+                weight = torch.minimum(row_weights[:, None], col_weights[None, :]).to(output)
+                window = (slice(top * out_scale, bottom * out_scale), slice(left * out_scale, right * out_scale))
+                output[(..., *window)] += tile_output * weight
+                total_weight[window] += weight
         return output / total_weight
 
     def _check_video(self, video: torch.Tensor, name: str, channels: int) -> None:

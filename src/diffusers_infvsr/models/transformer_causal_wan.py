@@ -168,9 +168,10 @@ class CausalWanAttnProcessor:
             if inputs.past_cache is not None and inputs.past_cache.key_states:
                 key = torch.cat([inputs.past_cache.key_states[self.layer_index].to(key), key], dim=1)
                 value = torch.cat([inputs.past_cache.value_states[self.layer_index].to(value), value], dim=1)
+            # Copy the kept tail so the cache does not pin the storage of the whole concatenation.
             first_kept = key.shape[1] - inputs.keep_tokens
-            inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:]
-            inputs.new_cache.value_states[self.layer_index] = value[:, first_kept:]
+            inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:].clone()
+            inputs.new_cache.value_states[self.layer_index] = value[:, first_kept:].clone()
 
         hidden_states = dispatch_attention_fn(
             query,
