@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
@@ -48,3 +49,45 @@ def smooth_video(frames: int, height: int, width: int, seed: int = 0) -> torch.T
     coarse = torch.rand(1, 3 * frames, max(2, height // 8), max(2, width // 8), generator=generator) * 2 - 1
     fine = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
     return fine.view(1, 3, frames, height, width).clamp(-1, 1)
+
+
+TINY_DAPE_CONFIG = {
+    "image_size": 32,
+    "patch_size": 4,
+    "embed_dim": 8,
+    "depths": [2, 2],
+    "num_heads": [2, 2],
+    "window_size": 4,
+    "projection_dim": TINY_TRANSFORMER_CONFIG["text_dim"],
+}
+
+
+def make_tiny_pipeline():
+    from diffusers_infvsr import DAPEImageEncoder, InfVSRPipeline, InfVSRScheduler
+
+    torch.manual_seed(0)
+    transformer = CausalWanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+    vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()
+    image_encoder = DAPEImageEncoder(**TINY_DAPE_CONFIG).eval()
+    pipe = InfVSRPipeline(transformer=transformer, vae=vae, image_encoder=image_encoder, scheduler=InfVSRScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny random InfVSR pipeline saved once per test session."""
+    path = tmp_path_factory.mktemp("tiny-infvsr")
+    make_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_pipeline():
+    return make_tiny_pipeline()
+
+
+def lr_video(frames: int, height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
+    """(frames, height, width, 3) uint8 low-resolution frames with smooth content."""
+    video = (smooth_video(frames, height, width, seed)[0].permute(1, 2, 3, 0) + 1) * 127.5
+    return video.round().to(torch.uint8).numpy()

@@ -82,9 +82,7 @@ def test_cache_length_zero_equals_stock_model_per_chunk(tiny_transformer):
     latents, context = inputs()
 
     streamed, cache = stream(tiny_transformer, latents, context, CHUNKS, CausalWanKVCache(cache_frames=0))
-    per_chunk = torch.cat(
-        [stock(chunk, TIMESTEP, context).sample for chunk in latents.split(CHUNKS, dim=2)], dim=2
-    )
+    per_chunk = torch.cat([stock(chunk, TIMESTEP, context).sample for chunk in latents.split(CHUNKS, dim=2)], dim=2)
     assert cache.num_frames == 0
     # Float32 round-off only: the temporal RoPE angles differ (absolute offsets) but their differences do not.
     assert (streamed - per_chunk).abs().max() <= 1e-5

@@ -96,7 +96,15 @@ def test_tile_blending_reproduces_pointwise_operations_exactly(tiny_vae):
     blended = stream._run_tiled(inputs, {}, 0, 8, 1, (1, 2, 3, 13, 11), pool_tile)
     torch.testing.assert_close(blended, pool_tile(inputs, None), rtol=0, atol=1e-6)
 
-    upsampled = stream._run_tiled(pool_tile(inputs, None), {}, 0, 1, 8, inputs.shape, lambda t, c: t.repeat_interleave(8, -1).repeat_interleave(8, -2))
+    upsampled = stream._run_tiled(
+        pool_tile(inputs, None),
+        {},
+        0,
+        1,
+        8,
+        inputs.shape,
+        lambda t, c: t.repeat_interleave(8, -1).repeat_interleave(8, -2),
+    )
     torch.testing.assert_close(upsampled, pool_tile(inputs, None).repeat_interleave(8, -1).repeat_interleave(8, -2))
 
 

@@ -4,8 +4,12 @@ from .models import (
     CausalWanKVCache,
     CausalWanTransformer3DModel,
     CausalWanTransformerOutput,
+    DAPEImageEncoder,
     block_causal_attention_mask,
 )
+from .pipeline_infvsr import InfVSRPipeline, InfVSRPipelineOutput, StreamMarker
+from .scheduling_infvsr import InfVSRScheduler
+from .vae_stream import WanVAEStream
 
 
 __version__ = "0.1.0.dev0"
@@ -14,5 +18,11 @@ __all__ = [
     "CausalWanKVCache",
     "CausalWanTransformer3DModel",
     "CausalWanTransformerOutput",
+    "DAPEImageEncoder",
+    "InfVSRPipeline",
+    "InfVSRPipelineOutput",
+    "InfVSRScheduler",
+    "StreamMarker",
+    "WanVAEStream",
     "block_causal_attention_mask",
 ]

@@ -122,6 +122,12 @@ class WanVAEStream:
         self._encoded_size: tuple[int, int] | None = None
         self._decoded_size: tuple[int, int] | None = None
 
+    def _onload_vae(self) -> None:
+        # Under `enable_model_cpu_offload`, bring the VAE to the execution device as `vae.encode` / `vae.decode` do.
+        hook = getattr(self.vae, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(self.vae)
+
     def _latent_stats(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(self.vae.config.latents_mean, device=reference.device, dtype=reference.dtype)
@@ -206,6 +212,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._encoded_size, "encoder")
         self._encoded_size = (height, width)
 
+        self._onload_vae()
         video = video.to(device=self.vae.device, dtype=self.vae.dtype)
         z_dim = self.vae.config.z_dim
         out_shape = (video.shape[0], z_dim, (num_frames - 1) // step + 1 if first else num_frames // step)
@@ -241,6 +248,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._decoded_size, "decoder")
         self._decoded_size = (height, width)
 
+        self._onload_vae()
         latents = latents.to(device=self.vae.device, dtype=self.vae.dtype)
         latents_mean, latents_std = self._latent_stats(latents)
         latents = latents * latents_std + latents_mean

@@ -1,3 +1,4 @@
+from .image_encoder_dape import DAPEImageEncoder
 from .transformer_causal_wan import (
     CausalWanKVCache,
     CausalWanTransformer3DModel,
@@ -10,5 +11,6 @@ __all__ = [
     "CausalWanKVCache",
     "CausalWanTransformer3DModel",
     "CausalWanTransformerOutput",
+    "DAPEImageEncoder",
     "block_causal_attention_mask",
 ]

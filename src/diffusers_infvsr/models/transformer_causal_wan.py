@@ -243,7 +243,9 @@ def block_causal_attention_mask(
     total_frames = sum(chunk_frames)
     chunk_ends = torch.tensor(chunk_frames, device=device).cumsum(0)
     chunk_starts = chunk_ends - torch.tensor(chunk_frames, device=device)
-    frame_chunk = torch.repeat_interleave(torch.arange(len(chunk_frames), device=device), torch.tensor(chunk_frames, device=device))
+    frame_chunk = torch.repeat_interleave(
+        torch.arange(len(chunk_frames), device=device), torch.tensor(chunk_frames, device=device)
+    )
     frames = torch.arange(total_frames, device=device)
     visible_from = (chunk_starts[frame_chunk] - cache_frames).clamp(min=0)
     visible_to = chunk_ends[frame_chunk]

@@ -1,0 +1,410 @@
+# Copyright 2026 The diffusers-infvsr authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""InfVSRPipeline: streaming one-step diffusion video super-resolution with a causal Wan2.1 DiT."""
+
+import enum
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, DiffusionPipeline
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.video_processor import VideoProcessor
+from huggingface_hub import snapshot_download
+
+from .models.image_encoder_dape import DAPEImageEncoder
+from .models.transformer_causal_wan import CausalWanKVCache, CausalWanTransformer3DModel
+from .scheduling_infvsr import InfVSRScheduler
+from .vae_stream import WanVAEStream
+
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> from diffusers.utils import export_to_video, load_video
+        >>> from diffusers_infvsr import InfVSRPipeline
+
+        >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", torch_dtype=torch.bfloat16).to("cuda")
+        >>> video = load_video("low_resolution.mp4")  # list of PIL images
+        >>> frames = pipe(video=video, upscale_factor=4).frames[0]
+        >>> export_to_video(frames, "upscaled.mp4", fps=24)
+
+        >>> # Unbounded input: stream frames from a generator, get frames back chunk by chunk.
+        >>> for frame in pipe.stream(frame_generator, output_type="np"):
+        ...     writer.write(frame)
+        ```
+"""
+
+
+class StreamMarker(enum.Enum):
+    r"""
+    In-band markers for [`InfVSRPipeline.stream`], placed in the frame iterable before the frame they apply to.
+
+    - `NEW_SCENE`: the next frame starts a new scene: new KV cache, temporal index 0, new VAE causal state and a new
+      reference frame (the current chunk ends early).
+    - `REFRESH_REFERENCE`: take a new reference frame for the visual prompt at the next chunk start, keeping the caches.
+    """
+
+    NEW_SCENE = "new_scene"
+    REFRESH_REFERENCE = "refresh_reference"
+
+
+@dataclass
+class InfVSRPipelineOutput(BaseOutput):
+    r"""
+    Output of [`InfVSRPipeline`].
+
+    Args:
+        frames (`torch.Tensor`, `np.ndarray` or `list[list[PIL.Image.Image]]`):
+            The upscaled video, batch first: `(1, frames, height, width, 3)` for `"np"`, `(1, frames, 3, height,
+            width)` for `"pt"`, one list of PIL images for `"pil"`, or the restored latents `(1, 16, latent_frames,
+            height, width)` for `"latent"` (scenes concatenated).
+    """
+
+    frames: torch.Tensor | np.ndarray | list[list[PIL.Image.Image]]
+
+
+@dataclass
+class _SceneState:
+    """Everything that restarts at a scene cut."""
+
+    vae_stream: WanVAEStream
+    kv_cache: CausalWanKVCache
+    visual_prompt: torch.Tensor | None = None
+    refresh_reference: bool = False
+
+    @property
+    def chunk_size(self) -> int:
+        # First chunk of a scene: 1 + 4k frames (9 -> 3 latent frames); later chunks 4k (12 -> 3 latent frames).
+        return 9 if self.kv_cache.next_frame == 0 else 12
+
+
+class InfVSRPipeline(DiffusionPipeline):
+    r"""
+    Video super-resolution with InfVSR: the video is cut into chunks (9 frames, then 12), each restored by a single
+    forward pass of a causal Wan2.1 DiT that attends to its own tokens and a rolling KV cache of the previous chunk,
+    conditioned on a DAPE visual prompt of a reference frame. Memory is constant in the video length.
+
+    Args:
+        transformer ([`CausalWanTransformer3DModel`]): The causal DiT (`text_dim=512`).
+        vae ([`~diffusers.AutoencoderKLWan`]): The Wan2.1 VAE, driven in streaming mode.
+        image_encoder ([`DAPEImageEncoder`]): Swin-L visual-prompt encoder with DAPE merged.
+        scheduler ([`InfVSRScheduler`]): Flow-matching schedule (shift 5) and the one-step timestep.
+
+    Attributes that may be changed after loading: `cache_frames` (3, past latent frames each chunk attends to),
+    `vae_tile_threshold` (1024: the VAE is tiled when the padded output height exceeds it, as in the release), and
+    `vae_tile_latent_size` / `vae_tile_latent_stride` (128 / 110 latent pixels).
+    """
+
+    model_cpu_offload_seq = "image_encoder->transformer->vae"
+
+    def __init__(
+        self,
+        transformer: CausalWanTransformer3DModel,
+        vae: AutoencoderKLWan,
+        image_encoder: DAPEImageEncoder,
+        scheduler: InfVSRScheduler,
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, image_encoder=image_encoder, scheduler=scheduler)
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 8
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        self.vae_tile_threshold = 1024
+        self.vae_tile_latent_size = 128
+        self.vae_tile_latent_stride = 110
+        self.cache_frames = 3
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "InfVSRPipeline":
+        r"""
+        Load the pipeline from a local folder or a Hub repository id (`HF_HUB_OFFLINE=1` reads the local cache).
+
+        `DiffusionPipeline.from_pretrained` resolves component classes from diffusers and transformers only; this
+        loads each component with its own class, accepting the usual `torch_dtype`, `cache_dir`, `revision`, `token`,
+        `local_files_only` and `force_download` arguments.
+        """
+        download_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("cache_dir", "revision", "token", "local_files_only", "force_download")
+            if key in kwargs
+        }
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for InfVSRPipeline.from_pretrained: {sorted(kwargs)}.")
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            folder = snapshot_download(folder, **download_kwargs)
+        missing = [
+            name
+            for name in ("model_index.json", *cls._component_classes())
+            if not os.path.exists(os.path.join(folder, name))
+        ]
+        if missing:
+            raise ValueError(f"{pretrained_model_name_or_path} is not an InfVSR pipeline folder: missing {missing}.")
+        components = {
+            name: component_class.from_pretrained(
+                os.path.join(folder, name), **({} if name == "scheduler" else {"torch_dtype": torch_dtype})
+            )
+            for name, component_class in cls._component_classes().items()
+        }
+        pipe = cls(**components)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+    @staticmethod
+    def _component_classes() -> dict:
+        return {
+            "transformer": CausalWanTransformer3DModel,
+            "vae": AutoencoderKLWan,
+            "image_encoder": DAPEImageEncoder,
+            "scheduler": InfVSRScheduler,
+        }
+
+    def check_inputs(self, upscale_factor) -> None:
+        if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1:
+            raise ValueError(f"`upscale_factor` must be an integer >= 1, got {upscale_factor!r}.")
+
+    @staticmethod
+    def frame_to_tensor(frame) -> torch.Tensor:
+        r"""
+        One low-resolution frame as a float `(3, height, width)` tensor in [0, 1]. Accepts a PIL image, a `(height,
+        width, 3)` numpy array (uint8, or float in [0, 1]) or a `(3, height, width)` tensor (uint8, or float in [0, 1]).
+        """
+        if isinstance(frame, PIL.Image.Image):
+            frame = np.asarray(frame.convert("RGB"))
+        if isinstance(frame, np.ndarray):
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise ValueError(f"A numpy frame must have shape (height, width, 3), got {frame.shape}.")
+            frame = torch.from_numpy(np.array(frame)).permute(2, 0, 1)  # a copy: the array may be read-only
+        if not isinstance(frame, torch.Tensor):
+            raise ValueError(f"Frames must be PIL images, numpy arrays or torch tensors, got {type(frame).__name__}.")
+        if frame.ndim != 3 or frame.shape[0] != 3:
+            raise ValueError(
+                f"A frame must have 3 (RGB) channels, shaped (3, height, width); got {tuple(frame.shape)}."
+            )
+        if frame.dtype == torch.uint8:
+            return frame.float() / 255
+        frame = frame.float()
+        if not torch.isfinite(frame).all():
+            raise ValueError("The video contains NaN or infinite values.")
+        if frame.min() < 0 or frame.max() > 1:
+            raise ValueError(
+                f"Float frames must be in [0, 1], got values in [{frame.min().item():.3g}, {frame.max().item():.3g}]. "
+                "Pass uint8 frames or divide by 255."
+            )
+        return frame
+
+    @staticmethod
+    def video_to_frames(video) -> list:
+        r"""Split a whole video (list of frames, `(T, H, W, 3)` array, `(T, 3, H, W)` or `(1, 3, T, H, W)` tensor)."""
+        if isinstance(video, np.ndarray):
+            if video.ndim != 4:
+                raise ValueError(f"A numpy video must have shape (frames, height, width, 3), got {video.shape}.")
+            return list(video)
+        if isinstance(video, torch.Tensor):
+            if video.ndim == 5:
+                if video.shape[0] != 1:
+                    raise ValueError(
+                        f"A 5-D video tensor must be (1, 3, frames, height, width), got {tuple(video.shape)}."
+                    )
+                video = video[0].transpose(0, 1)
+            if video.ndim != 4:
+                raise ValueError(
+                    f"A video tensor must be (frames, 3, height, width) or (1, 3, frames, height, width), got "
+                    f"{tuple(video.shape)}."
+                )
+            return list(video)
+        if isinstance(video, (list, tuple)):
+            return list(video)
+        raise ValueError(
+            f"`video` must be a list of frames, a numpy array or a torch tensor, got {type(video).__name__}."
+        )
+
+    def _vae_stream(self, output_height: int) -> WanVAEStream:
+        tiled = output_height > self.vae_tile_threshold
+        return WanVAEStream(
+            self.vae,
+            tile_latent_size=self.vae_tile_latent_size if tiled else None,
+            tile_latent_stride=self.vae_tile_latent_stride if tiled else None,
+            offload_idle_tiles=tiled,
+        )
+
+    def _restore_chunk(self, frames: list[torch.Tensor], scene: _SceneState, upscale_factor: int):
+        """Upscale, encode, one DiT step and decode of one chunk; returns (pixels in [-1, 1], restored latents)."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        num_frames = len(frames)
+        first = scene.kv_cache.next_frame == 0
+        padded_frames = num_frames + (-(num_frames - int(first)) % 4)  # 1 + 4k for a scene's first chunk, else 4k
+        frames = frames + [frames[-1]] * (padded_frames - num_frames)
+
+        low_res = torch.stack(frames).to(device=device, dtype=torch.float32)  # (T, 3, h, w) in [0, 1]
+        if scene.visual_prompt is None or scene.refresh_reference:
+            scene.visual_prompt = self.image_encoder.encode_reference(low_res[:1])
+            scene.refresh_reference = False
+        upscaled = F.interpolate(
+            low_res * 2 - 1, scale_factor=upscale_factor, mode="bicubic", align_corners=False, antialias=True
+        )
+        height, width = upscaled.shape[-2:]
+        upscaled = F.pad(upscaled, (0, -width % 16, 0, -height % 16), mode="replicate")
+        video = upscaled.transpose(0, 1).unsqueeze(0)  # (1, 3, T, H, W)
+
+        latents = scene.vae_stream.encode(video).to(dtype)
+        timestep = torch.full((1,), self.scheduler.timestep, device=device)
+        velocity, scene.kv_cache = self.transformer(
+            latents, timestep, scene.visual_prompt.to(dtype), kv_cache=scene.kv_cache, return_dict=False
+        )
+        restored = self.scheduler.one_step(velocity, latents)
+        pixels = scene.vae_stream.decode(restored)
+        return pixels[:, :, :num_frames, :height, :width], restored
+
+    @torch.no_grad()
+    def stream(
+        self,
+        frames: Iterable,
+        upscale_factor: int = 4,
+        output_type: str = "np",
+        total_frames: int | None = None,
+    ) -> Iterator:
+        r"""
+        Upscale frames from any iterable (e.g. a generator over a video of unknown length), yielding upscaled frames
+        chunk by chunk. Only one chunk of input frames is held at a time, so memory does not grow with the video.
+
+        Args:
+            frames (`Iterable`):
+                Low-resolution frames (PIL images, `(H, W, 3)` arrays, or `(3, H, W)` tensors; uint8 or float in
+                [0, 1]), optionally interleaved with [`StreamMarker`] values to mark scene cuts and reference refreshes.
+            upscale_factor (`int`, defaults to 4): Integer scale.
+            output_type (`str`, defaults to `"np"`):
+                `"np"` yields `(H, W, 3)` float arrays in [0, 1], `"pt"` `(3, H, W)` tensors in [0, 1], `"pil"` PIL
+                images, `"latent"` the restored latents of each chunk `(1, 16, latent_frames, h, w)`.
+            total_frames (`int`, *optional*): Number of frames, for the progress bar.
+
+        Yields:
+            Upscaled frames in order (or one latent tensor per chunk for `output_type="latent"`).
+        """
+        self.check_inputs(upscale_factor)
+        if output_type not in ("np", "pt", "pil", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}.")
+        scene, buffer, frame_size = None, [], None
+        refresh_pending = False
+        # tqdm treats an infinite total as unknown: it then shows frames done and the rate.
+        progress = self.progress_bar(total=total_frames if total_frames is not None else float("inf"))
+
+        def run_chunk():
+            pixels, restored = self._restore_chunk(buffer, scene, upscale_factor)
+            progress.update(len(buffer))
+            buffer.clear()
+            if output_type == "latent":
+                return [restored]
+            return list(self.video_processor.postprocess_video(pixels, output_type=output_type)[0])
+
+        try:
+            for item in frames:
+                if item is StreamMarker.NEW_SCENE:
+                    if buffer:
+                        yield from run_chunk()
+                    scene = None
+                    continue
+                if item is StreamMarker.REFRESH_REFERENCE:
+                    refresh_pending = True
+                    continue
+                frame = self.frame_to_tensor(item)
+                if frame_size is None:
+                    frame_size = frame.shape[-2:]
+                elif frame.shape[-2:] != frame_size:
+                    raise ValueError(
+                        f"All frames must have the same size: the video started with (height, width) = "
+                        f"{tuple(frame_size)}, but a later frame has {tuple(frame.shape[-2:])}."
+                    )
+                if scene is None:
+                    output_height = math.ceil(frame.shape[-2] * upscale_factor / 16) * 16
+                    scene = _SceneState(self._vae_stream(output_height), CausalWanKVCache(self.cache_frames))
+                if not buffer and refresh_pending:
+                    scene.refresh_reference, refresh_pending = True, False
+                buffer.append(frame)
+                if len(buffer) == scene.chunk_size:
+                    yield from run_chunk()
+            if buffer:
+                yield from run_chunk()
+            if frame_size is None:
+                raise ValueError("The video is empty: at least one frame is needed.")
+        finally:
+            progress.close()
+            self.maybe_free_model_hooks()
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        video,
+        upscale_factor: int = 4,
+        scene_starts: Iterable[int] = (),
+        reference_refreshes: Iterable[int] = (),
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> InfVSRPipelineOutput | tuple:
+        r"""
+        Upscale a whole video held in memory. For long videos use [`~InfVSRPipeline.stream`], which this calls.
+
+        Args:
+            video (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+                Low-resolution frames: a list of PIL images or arrays, a `(T, H, W, 3)` array (uint8, or float in
+                [0, 1]), or a `(T, 3, H, W)` / `(1, 3, T, H, W)` tensor (uint8, or float in [0, 1]). Any frame count
+                >= 1 and any size; padding is added and removed as in the official release.
+            upscale_factor (`int`, defaults to 4): Integer scale.
+            scene_starts (`Iterable[int]`, *optional*):
+                Indices of frames that start a new scene (cache, temporal index, VAE state and reference restart).
+            reference_refreshes (`Iterable[int]`, *optional*):
+                Indices of frames from which the next chunk takes a new reference frame, keeping the caches.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`): Return an [`InfVSRPipelineOutput`] instead of a tuple.
+
+        Examples:
+
+        Returns:
+            [`InfVSRPipelineOutput`] or `tuple`: the upscaled frames.
+        """
+        frames = self.video_to_frames(video)
+        if not frames:
+            raise ValueError("The video is empty: at least one frame is needed.")
+        scene_starts, reference_refreshes = set(scene_starts), set(reference_refreshes)
+
+        def frames_with_markers():
+            for index, frame in enumerate(frames):
+                if index in scene_starts and index > 0:
+                    yield StreamMarker.NEW_SCENE
+                if index in reference_refreshes:
+                    yield StreamMarker.REFRESH_REFERENCE
+                yield frame
+
+        outputs = list(self.stream(frames_with_markers(), upscale_factor, output_type, total_frames=len(frames)))
+        if output_type == "latent":
+            result = torch.cat(outputs, dim=2)
+        elif output_type == "pil":
+            result = [outputs]
+        elif output_type == "np":
+            result = np.stack(outputs)[None]
+        else:
+            result = torch.stack(outputs)[None]
+
+        if not return_dict:
+            return (result,)
+        return InfVSRPipelineOutput(frames=result)
