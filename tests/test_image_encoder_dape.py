@@ -252,57 +252,51 @@ def test_bad_configs_raise_value_errors():
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "checkpoint, edit, message",
     [
         (
+            "ram",
             lambda sd: sd.pop("visual_encoder.layers.1.blocks.2.mlp.fc2.bias"),
             r"RAM checkpoint is missing 'visual_encoder\.layers\.1\.blocks\.2\.mlp\.fc2\.bias' \(expected shape \(16,\)\)",
         ),
         (
+            "ram",
             lambda sd: sd.__setitem__("visual_encoder.absolute_pos_embed", torch.zeros(1, 256, 8)),
             r"RAM checkpoint has an unexpected key 'visual_encoder\.absolute_pos_embed'",
         ),
         (
+            "ram",
             lambda sd: sd.__setitem__("visual_encoder.layers.2.blocks.0.attn.qkv.weight", torch.zeros(32, 96)),
             r"RAM checkpoint's 'visual_encoder\.layers\.2\.blocks\.0\.attn\.qkv\.weight' has shape \(32, 96\), expected \(96, 32\)",
         ),
         (
+            "ram",
             lambda sd: sd.__setitem__("image_proj.weight", torch.zeros(32, 24)),
             r"'image_proj\.weight' has shape \(32, 24\), expected \(24, 32\)",
         ),
-    ],
-)
-def test_conversion_refuses_bad_ram_checkpoint(edit, message):
-    config = TINY_CONFIGS["window4"]
-    ram, dape = original_ram_state_dict(config), original_dape_lora_state_dict(config)
-    edit(ram)
-    with pytest.raises(ValueError, match=message):
-        convert_ram_dape_to_diffusers(ram, dape, config)
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
         (
+            "dape",
             lambda sd: sd.pop("visual_encoder.layers.2.blocks.1.attn.qkv.lora_B"),
             r"DAPE checkpoint is missing 'visual_encoder\.layers\.2\.blocks\.1\.attn\.qkv\.lora_B' \(expected shape \(64, 8\)\)",
         ),
         (
+            "dape",
             lambda sd: sd.__setitem__("visual_encoder.layers.0.blocks.0.attn.proj.lora_A", torch.zeros(8, 8)),
             r"DAPE checkpoint has an unexpected key 'visual_encoder\.layers\.0\.blocks\.0\.attn\.proj\.lora_A'",
         ),
         (
+            "dape",
             lambda sd: sd.__setitem__("visual_encoder.layers.0.blocks.1.attn.qkv.lora_A", torch.zeros(8, 8)),
             r"'visual_encoder\.layers\.0\.blocks\.1\.attn\.qkv\.lora_A' has shape \(8, 8\), expected \(16, 8\)",
         ),
     ],
 )
-def test_conversion_refuses_bad_dape_checkpoint(edit, message):
+def test_conversion_refuses_bad_checkpoints(checkpoint, edit, message):
     config = TINY_CONFIGS["window4"]
-    ram, dape = original_ram_state_dict(config), original_dape_lora_state_dict(config)
-    edit(dape)
+    checkpoints = {"ram": original_ram_state_dict(config), "dape": original_dape_lora_state_dict(config)}
+    edit(checkpoints[checkpoint])
     with pytest.raises(ValueError, match=message):
-        convert_ram_dape_to_diffusers(ram, dape, config)
+        convert_ram_dape_to_diffusers(checkpoints["ram"], checkpoints["dape"], config)
 
 
 def test_conversion_refuses_a_checkpoint_of_another_config():
