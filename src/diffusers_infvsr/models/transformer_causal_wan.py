@@ -88,12 +88,6 @@ class CausalWanKVCache:
         cache.value_states = [None] * num_layers
         return cache
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "CausalWanKVCache":
-        """Move the cached tensors, e.g. to park an idle stream in host memory."""
-        self.key_states = [k.to(device=device, dtype=dtype) for k in self.key_states]
-        self.value_states = [v.to(device=device, dtype=dtype) for v in self.value_states]
-        return self
-
 
 @dataclass
 class CausalSelfAttentionInputs:
@@ -166,8 +160,8 @@ class CausalWanAttnProcessor:
 
         if inputs.new_cache is not None:
             if inputs.past_cache is not None and inputs.past_cache.key_states:
-                key = torch.cat([inputs.past_cache.key_states[self.layer_index].to(key), key], dim=1)
-                value = torch.cat([inputs.past_cache.value_states[self.layer_index].to(value), value], dim=1)
+                key = torch.cat([inputs.past_cache.key_states[self.layer_index], key], dim=1)
+                value = torch.cat([inputs.past_cache.value_states[self.layer_index], value], dim=1)
             # Copy the kept tail so the cache does not pin the storage of the whole concatenation.
             first_kept = key.shape[1] - inputs.keep_tokens
             inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:].clone()
