@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, DiffusionPipeline
-from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 from huggingface_hub import snapshot_download
 
@@ -33,8 +33,6 @@ from .models.transformer_causal_wan import CausalWanKVCache, CausalWanTransforme
 from .scheduling_infvsr import InfVSRScheduler
 from .vae_stream import WanVAEStream
 
-
-logger = logging.get_logger(__name__)
 
 EXAMPLE_DOC_STRING = """
     Examples:
