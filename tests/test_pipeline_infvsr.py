@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRANSFORMER_CONFIG, lr_video
+from conftest import TINY_TRANSFORMER_CONFIG, lr_video, make_tiny_pipeline
 from diffusers import WanTransformer3DModel
 
 from diffusers_infvsr import InfVSRPipeline, InfVSRPipelineOutput, StreamMarker
@@ -218,3 +218,37 @@ def test_bfloat16_weights_run_close_to_float32(tiny_pipeline_dir):
     # bf16 keeps ~3 significant digits; on pixels in [0, 1] the tiny random model stays within a few percent.
     assert np.abs(outputs[torch.bfloat16] - outputs[torch.float32]).mean() < 0.01
     assert np.abs(outputs[torch.bfloat16] - outputs[torch.float32]).max() < 0.1
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_stream_resumes_from_a_saved_state(tiny_pipeline, tmp_path, tiled):
+    # Chunks 0-8 and 9-20; a refresh marker inside the second chunk is still pending at frame 21; a cut at 33.
+    video = lr_video(40, seed=3)
+
+    def items(start=0):
+        for index in range(start, len(video)):
+            if index == 33:
+                yield StreamMarker.NEW_SCENE
+            if index == 15:
+                yield StreamMarker.REFRESH_REFERENCE
+            yield video[index]
+
+    def save_at_frame_21(pipe, state):
+        if state.frames_done == 21:
+            torch.save(state.state_dict(), tmp_path / "state.pt")
+
+    if tiled:  # 64x64 output frames in 4-latent tiles with stride 3: 3x3 tiles, each with its own caches
+        tiny_pipeline.vae_tile_threshold, tiny_pipeline.vae_tile_latent_size = 32, 4
+        tiny_pipeline.vae_tile_latent_stride = 3
+    uninterrupted = np.stack(list(tiny_pipeline.stream(items(), callback_on_chunk_end=save_at_frame_21)))
+
+    resumed_pipe = make_tiny_pipeline()
+    resumed_pipe.vae_tile_threshold = tiny_pipeline.vae_tile_threshold
+    resumed_pipe.vae_tile_latent_size = tiny_pipeline.vae_tile_latent_size
+    resumed_pipe.vae_tile_latent_stride = tiny_pipeline.vae_tile_latent_stride
+    state = resumed_pipe.load_stream_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert state.frames_done == 21 and state.refresh_pending and state.scene.kv_cache.next_frame == 6
+    resumed = np.stack(list(resumed_pipe.stream(items(21), state=state)))
+    np.testing.assert_array_equal(resumed, uninterrupted[21:])
+    # The saved caches matter: continuing without them gives other frames.
+    assert np.abs(np.stack(list(resumed_pipe.stream(items(21)))) - uninterrupted[21:]).max() > 1e-3

@@ -7,7 +7,7 @@ from .models import (
     DAPEImageEncoder,
     block_causal_attention_mask,
 )
-from .pipeline_infvsr import InfVSRPipeline, InfVSRPipelineOutput, StreamMarker
+from .pipeline_infvsr import InfVSRPipeline, InfVSRPipelineOutput, InfVSRStreamState, StreamMarker
 from .scheduling_infvsr import InfVSRScheduler
 from .vae_stream import WanVAEStream
 
@@ -22,6 +22,7 @@ __all__ = [
     "InfVSRPipeline",
     "InfVSRPipelineOutput",
     "InfVSRScheduler",
+    "InfVSRStreamState",
     "StreamMarker",
     "WanVAEStream",
     "block_causal_attention_mask",

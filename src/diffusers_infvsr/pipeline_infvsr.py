@@ -16,7 +16,7 @@
 import enum
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +93,46 @@ class _SceneState:
     def chunk_size(self) -> int:
         # First chunk of a scene: 1 + 4k frames (9 -> 3 latent frames); later chunks 4k (12 -> 3 latent frames).
         return 9 if self.kv_cache.next_frame == 0 else 12
+
+
+@dataclass
+class InfVSRStreamState:
+    r"""
+    Where a [`~InfVSRPipeline.stream`] stands between two chunks: the caches of the current scene, the visual prompt
+    and the number of frames done. Passed to `callback_on_chunk_end`; `state_dict()` saves it and
+    [`~InfVSRPipeline.load_stream_state`] restores it, so an interrupted job can continue where it stopped.
+
+    Args:
+        upscale_factor (`int`): Scale of the stream.
+        frames_done (`int`): Input frames restored so far (markers not counted).
+        frame_size (`tuple[int, int]`, *optional*): `(height, width)` of the input frames, once known.
+        refresh_pending (`bool`): A `REFRESH_REFERENCE` marker waits for the next chunk start.
+    """
+
+    upscale_factor: int
+    frames_done: int = 0
+    frame_size: tuple[int, int] | None = None
+    refresh_pending: bool = False
+    scene: _SceneState | None = None
+
+    def state_dict(self) -> dict:
+        """Plain tensors and values (on the CPU), loadable with `torch.load(..., weights_only=True)`."""
+        scene = None
+        if self.scene is not None:
+            prompt = self.scene.visual_prompt
+            scene = {
+                "vae_stream": self.scene.vae_stream.state_dict(),
+                "kv_cache": self.scene.kv_cache.state_dict(),
+                "visual_prompt": prompt.cpu() if prompt is not None else None,
+                "refresh_reference": self.scene.refresh_reference,
+            }
+        return {
+            "upscale_factor": self.upscale_factor,
+            "frames_done": self.frames_done,
+            "frame_size": self.frame_size,
+            "refresh_pending": self.refresh_pending,
+            "scene": scene,
+        }
 
 
 class InfVSRPipeline(DiffusionPipeline):
@@ -245,6 +285,33 @@ class InfVSRPipeline(DiffusionPipeline):
             offload_idle_tiles=tiled,
         )
 
+    def _new_scene(self, frame_size: tuple[int, int], upscale_factor: int) -> _SceneState:
+        output_height = math.ceil(frame_size[0] * upscale_factor / 16) * 16
+        return _SceneState(self._vae_stream(output_height), CausalWanKVCache(self.cache_frames))
+
+    def load_stream_state(self, state_dict: dict) -> InfVSRStreamState:
+        r"""
+        Rebuild a stream position saved with [`InfVSRStreamState.state_dict`], to pass as `state=` to
+        [`~InfVSRPipeline.stream`] (same pipeline weights and settings as when it was saved).
+        """
+        device = self._execution_device
+        frame_size = tuple(state_dict["frame_size"]) if state_dict["frame_size"] is not None else None
+        state = InfVSRStreamState(
+            upscale_factor=state_dict["upscale_factor"],
+            frames_done=state_dict["frames_done"],
+            frame_size=frame_size,
+            refresh_pending=state_dict["refresh_pending"],
+        )
+        saved_scene = state_dict["scene"]
+        if saved_scene is not None:
+            state.scene = self._new_scene(frame_size, state.upscale_factor)
+            state.scene.vae_stream.load_state_dict(saved_scene["vae_stream"], device)
+            state.scene.kv_cache = CausalWanKVCache.from_state_dict(saved_scene["kv_cache"], device)
+            prompt = saved_scene["visual_prompt"]
+            state.scene.visual_prompt = prompt.to(device) if prompt is not None else None
+            state.scene.refresh_reference = saved_scene["refresh_reference"]
+        return state
+
     def _restore_chunk(self, frames: list[torch.Tensor], scene: _SceneState, upscale_factor: int):
         """Upscale, encode, one DiT step and decode of one chunk; returns (pixels in [-1, 1], restored latents)."""
         device, dtype = self._execution_device, self.transformer.dtype
@@ -280,6 +347,8 @@ class InfVSRPipeline(DiffusionPipeline):
         upscale_factor: int = 4,
         output_type: str = "np",
         total_frames: int | None = None,
+        state: InfVSRStreamState | None = None,
+        callback_on_chunk_end: Callable[["InfVSRPipeline", InfVSRStreamState], None] | None = None,
     ) -> Iterator:
         r"""
         Upscale frames from any iterable (e.g. a generator over a video of unknown length), yielding upscaled frames
@@ -294,55 +363,67 @@ class InfVSRPipeline(DiffusionPipeline):
                 `"np"` yields `(H, W, 3)` float arrays in [0, 1], `"pt"` `(3, H, W)` tensors in [0, 1], `"pil"` PIL
                 images, `"latent"` the restored latents of each chunk `(1, 16, latent_frames, h, w)`.
             total_frames (`int`, *optional*): Number of frames, for the progress bar.
+            state (`InfVSRStreamState`, *optional*):
+                Continue a stream from this position (from [`~InfVSRPipeline.load_stream_state`]); `frames` then
+                starts with the first frame not done yet. The scale is taken from the state.
+            callback_on_chunk_end (`Callable`, *optional*):
+                Called as `callback_on_chunk_end(pipe, state)` after the last frame of every chunk has been consumed,
+                e.g. to save `state.state_dict()` together with everything written so far.
 
         Yields:
             Upscaled frames in order (or one latent tensor per chunk for `output_type="latent"`).
         """
-        self.check_inputs(upscale_factor)
+        if state is None:
+            self.check_inputs(upscale_factor)
+            state = InfVSRStreamState(upscale_factor)
         if output_type not in ("np", "pt", "pil", "latent"):
             raise ValueError(f"`output_type` must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}.")
-        scene, buffer, frame_size = None, [], None
-        refresh_pending = False
+        buffer = []
         # tqdm treats an infinite total as unknown: it then shows frames done and the rate.
         progress = self.progress_bar(total=total_frames if total_frames is not None else float("inf"))
+        progress.update(state.frames_done)
 
         def run_chunk():
-            pixels, restored = self._restore_chunk(buffer, scene, upscale_factor)
+            pixels, restored = self._restore_chunk(buffer, state.scene, state.upscale_factor)
+            if output_type == "latent":
+                yield restored
+            else:
+                yield from self.video_processor.postprocess_video(pixels, output_type=output_type)[0]
+            state.frames_done += len(buffer)
             progress.update(len(buffer))
             buffer.clear()
-            if output_type == "latent":
-                return [restored]
-            return list(self.video_processor.postprocess_video(pixels, output_type=output_type)[0])
+            if callback_on_chunk_end is not None:
+                callback_on_chunk_end(self, state)
 
         try:
             for item in frames:
                 if item is StreamMarker.NEW_SCENE:
                     if buffer:
                         yield from run_chunk()
-                    scene = None
+                    state.scene = None
                     continue
                 if item is StreamMarker.REFRESH_REFERENCE:
-                    refresh_pending = True
+                    state.refresh_pending = True
                     continue
                 frame = self.frame_to_tensor(item)
-                if frame_size is None:
-                    frame_size = frame.shape[-2:]
-                elif frame.shape[-2:] != frame_size:
+                frame_size = tuple(frame.shape[-2:])
+                if state.frame_size is None:
+                    state.frame_size = frame_size
+                elif frame_size != state.frame_size:
                     raise ValueError(
                         f"All frames must have the same size: the video started with (height, width) = "
-                        f"{tuple(frame_size)}, but a later frame has {tuple(frame.shape[-2:])}."
+                        f"{state.frame_size}, but frame {state.frames_done + len(buffer)} has {frame_size}."
                     )
-                if scene is None:
-                    output_height = math.ceil(frame.shape[-2] * upscale_factor / 16) * 16
-                    scene = _SceneState(self._vae_stream(output_height), CausalWanKVCache(self.cache_frames))
-                if not buffer and refresh_pending:
-                    scene.refresh_reference, refresh_pending = True, False
+                if state.scene is None:
+                    state.scene = self._new_scene(frame_size, state.upscale_factor)
+                if not buffer and state.refresh_pending:
+                    state.scene.refresh_reference, state.refresh_pending = True, False
                 buffer.append(frame)
-                if len(buffer) == scene.chunk_size:
+                if len(buffer) == state.scene.chunk_size:
                     yield from run_chunk()
             if buffer:
                 yield from run_chunk()
-            if frame_size is None:
+            if state.frame_size is None:
                 raise ValueError("The video is empty: at least one frame is needed.")
         finally:
             progress.close()

@@ -122,6 +122,33 @@ class WanVAEStream:
         self._encoded_size: tuple[int, int] | None = None
         self._decoded_size: tuple[int, int] | None = None
 
+    def state_dict(self) -> dict:
+        """The causal history as plain tensors and values (on the CPU), for `torch.save`; see `load_state_dict`."""
+
+        def to_cpu(caches: dict) -> dict:
+            return {
+                tile: [entry.cpu() if isinstance(entry, torch.Tensor) else entry for entry in cache]
+                for tile, cache in caches.items()
+            }
+
+        return {
+            "encoder_caches": to_cpu(self._encoder_caches),
+            "decoder_caches": to_cpu(self._decoder_caches),
+            "encoded_size": self._encoded_size,
+            "decoded_size": self._decoded_size,
+        }
+
+    def load_state_dict(self, state_dict: dict, device: torch.device | str) -> None:
+        """Continue the stream saved with `state_dict` (same VAE and tiling), with the caches on `device`."""
+        for name in ("encoder_caches", "decoder_caches"):
+            caches = {tuple(tile): list(cache) for tile, cache in state_dict[name].items()}
+            for cache in caches.values():
+                _move_cache(cache, device)
+            setattr(self, f"_{name}", caches)
+        for name in ("encoded_size", "decoded_size"):
+            size = state_dict[name]
+            setattr(self, f"_{name}", tuple(size) if size is not None else None)
+
     def _onload_vae(self) -> None:
         # Under `enable_model_cpu_offload`, bring the VAE to the execution device as `vae.encode` / `vae.decode` do.
         hook = getattr(self.vae, "_hf_hook", None)

@@ -80,6 +80,25 @@ class CausalWanKVCache:
                 f" but this chunk has {grid}. Start a new `CausalWanKVCache` for a video of another size or batch."
             )
 
+    def state_dict(self) -> dict:
+        """The cache as plain tensors and numbers (on the CPU), for `torch.save`; see `from_state_dict`."""
+        return {
+            "cache_frames": self.cache_frames,
+            "next_frame": self.next_frame,
+            "grid": self.grid,
+            "key_states": [state.cpu() for state in self.key_states],
+            "value_states": [state.cpu() for state in self.value_states],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, device: torch.device | str | None = None) -> "CausalWanKVCache":
+        """Rebuild a cache saved with `state_dict` (e.g. to resume a stream), with its tensors on `device`."""
+        cache = cls(state_dict["cache_frames"], state_dict["next_frame"])
+        cache.grid = tuple(state_dict["grid"]) if state_dict["grid"] is not None else None
+        cache.key_states = [state.to(device) for state in state_dict["key_states"]]
+        cache.value_states = [state.to(device) for state in state_dict["value_states"]]
+        return cache
+
     def successor(self, grid: tuple[int, int, int], next_frame: int, num_layers: int) -> "CausalWanKVCache":
         """An empty cache that the forward pass of one chunk fills, layer by layer."""
         cache = CausalWanKVCache(self.cache_frames, next_frame)
