@@ -52,6 +52,11 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+# Pixel frames per chunk. With the causal Wan VAE (4x in time) both give 3 latent frames: 1 + 4 * 2 and 4 * 3.
+FIRST_CHUNK_FRAMES = 9
+CHUNK_FRAMES = 12
+
+
 class StreamMarker(enum.Enum):
     r"""
     In-band markers for [`InfVSRPipeline.stream`], placed in the frame iterable before the frame they apply to.
@@ -91,8 +96,7 @@ class _SceneState:
 
     @property
     def chunk_size(self) -> int:
-        # First chunk of a scene: 1 + 4k frames (9 -> 3 latent frames); later chunks 4k (12 -> 3 latent frames).
-        return 9 if self.kv_cache.next_frame == 0 else 12
+        return FIRST_CHUNK_FRAMES if self.kv_cache.next_frame == 0 else CHUNK_FRAMES
 
 
 @dataclass
