@@ -265,7 +265,7 @@ def mux_output(segments: list[str], output_path: str, source: VideoInfo, start: 
     Join encoded video `segments` without re-encoding and add the audio and subtitle streams of `source` (copied,
     trimmed to `[start, start + duration)` seconds) into `output_path`.
     """
-    video_only = os.path.join(os.path.dirname(output_path), "video-only" + Path(output_path).suffix)
+    video_only = os.path.join(os.path.dirname(output_path), "video-only.mp4")
     join_segments(segments, video_only)
     arguments = ["-i", video_only, "-ss", f"{start:.6f}", "-t", f"{duration:.6f}", "-i", source.path, "-map", "0:v"]
     arguments += _stream_copy_arguments(source, output_path)
@@ -308,10 +308,13 @@ class UpscaleResult:
 
 
 class _SegmentedOutput:
-    """The output video as numbered H.264 segments in the job folder; a checkpoint closes the current segment."""
+    """
+    The output video as numbered H.264 segments in the job folder; a checkpoint closes the current segment. Segments
+    are MP4 files, whose rational time bases keep fractional frame rates exact until the final mux.
+    """
 
-    def __init__(self, folder: Path, suffix: str, size: tuple[int, int], fps: Fraction, crf: int, lossless: bool):
-        self.folder, self.suffix = folder, suffix
+    def __init__(self, folder: Path, size: tuple[int, int], fps: Fraction, crf: int, lossless: bool):
+        self.folder = folder
         self.size, self.fps, self.crf, self.lossless = size, fps, crf, lossless
         self.segments: list[str] = []
         self.writer: H264Writer | None = None
@@ -325,7 +328,7 @@ class _SegmentedOutput:
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
-            path = self.folder / f"segment-{len(self.segments):06d}{self.suffix}"
+            path = self.folder / f"segment-{len(self.segments):06d}.mp4"
             self.writer = H264Writer(str(path), *self.size, self.fps, self.crf, self.lossless)
         self.writer.write(frame)
 
@@ -334,7 +337,7 @@ class _SegmentedOutput:
         if self.writer is None:
             return False
         self.writer.close()
-        self.segments.append(f"segment-{len(self.segments):06d}{self.suffix}")
+        self.segments.append(f"segment-{len(self.segments):06d}.mp4")
         self.writer = None
         return True
 
@@ -478,9 +481,7 @@ def upscale_video(
     )
     check_stream_copy(source, str(output_path))
     work, checkpoint = _prepare_work_folder(output_path, settings, overwrite, resume)
-    output = _SegmentedOutput(
-        work, output_path.suffix, (width * upscale_factor, height * upscale_factor), source.fps, crf, lossless
-    )
+    output = _SegmentedOutput(work, (width * upscale_factor, height * upscale_factor), source.fps, crf, lossless)
     output.keep_only(checkpoint["segments"] if checkpoint else [])
     state = pipe.load_stream_state(checkpoint["stream"]) if checkpoint else None
     resumed_from = state.frames_done if state else 0
@@ -505,13 +506,17 @@ def upscale_video(
     restored = pipe.stream(
         items, upscale_factor, "pt", total_frames=total, state=state, callback_on_chunk_end=save_checkpoint
     )
-    for frame in restored:
-        output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-        frames_written += 1
-    output.close_segment()
-
-    temporary_output = work / output_path.name
-    mux_output(output.paths(), str(temporary_output), source, start, float(frames_written / source.fps))
+    try:
+        for frame in restored:
+            output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+            frames_written += 1
+        output.close_segment()
+        temporary_output = work / output_path.name
+        mux_output(output.paths(), str(temporary_output), source, start, float(frames_written / source.fps))
+    except VideoFileError:
+        shutil.rmtree(work)  # the input is unusable from here on: a resume would stop at the same place
+        raise
+    # Any other exception (Ctrl-C, a crash, out of memory) keeps the job folder for `resume=True`.
     os.replace(temporary_output, output_path)
     shutil.rmtree(work)
     return UpscaleResult(

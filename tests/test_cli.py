@@ -1,0 +1,237 @@
+"""The `infvsr` command and `upscale_video`, end to end on generated clips with a tiny random pipeline."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scenedetect
+import torch
+from video_clips import decode, ffmpeg, make_clip, probe
+
+from diffusers_infvsr import InfVSRPipeline
+from diffusers_infvsr.video import H264Writer, read_frames, upscale_video
+
+
+INFVSR = shutil.which("infvsr", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_infvsr(*arguments, **kwargs) -> subprocess.CompletedProcess:
+    assert INFVSR, "the `infvsr` console script is not installed: pip install -e ."
+    return subprocess.run([INFVSR, *map(str, arguments)], capture_output=True, text=True, env=ENV, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_pipeline_dir):
+    pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_fractional_rate_audio_and_subtitles_survive(tmp_path, tiny_pipeline_dir, suffix):
+    clip = make_clip(tmp_path / "clip.mp4", frames=23, rate="30000/1001", audio=True)
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,100 --> 00:00:00,600\nHello\n")
+    source = tmp_path / "input.mkv"
+    ffmpeg("-i", clip, "-i", tmp_path / "subs.srt", "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", source)
+    output = tmp_path / "out" / f"upscaled{suffix}"
+
+    result = run_infvsr(source, "-o", output, "--model", tiny_pipeline_dir)
+    assert result.returncode == 0, result.stderr
+    assert "23 frames" in result.stdout
+
+    before, after = probe(source), probe(output)
+    assert after["frames"] == 23
+    assert after["size"] == (4 * 24, 4 * 16) and after["pix_fmt"] == "yuv420p"
+    assert after["fps"] == Fraction(30000, 1001)
+    [(codec, duration)] = after["audio"]
+    assert codec == before["audio"][0][0] == "aac"
+    assert abs(duration - before["audio"][0][1]) < 1024 / 48000  # copied whole AAC frames, not re-encoded
+    assert after["subtitles"] == (["mov_text"] if suffix == ".mp4" else before["subtitles"])  # MP4 needs mov_text
+    assert sorted(os.listdir(output.parent)) == [output.name]  # no job folder or temporary left behind
+
+
+def test_odd_size_scale_start_and_max_frames(tmp_path, tiny_pipeline_dir):
+    source = make_clip(tmp_path / "odd.mp4", frames=30, size="15x9", rate="25", source="testsrc", lossless=True)
+    output = tmp_path / "odd-x3.mp4"
+    result = run_infvsr(source, "-o", output, "--model", tiny_pipeline_dir, "--scale", 3, "--start", "0.4",
+                        "--max-frames", 10, "--no-scene-detect")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    after = probe(output)
+    assert after["frames"] == 10 and after["size"] == (45, 27) and after["pix_fmt"] == "yuv444p"
+    assert after["audio"] == [] and after["fps"] == 25
+
+
+def test_read_frames_seeks_exactly_and_stops(tmp_path):
+    source = make_clip(tmp_path / "clip.mp4", frames=30, rate="30000/1001", lossless=True)
+    everything = decode(source)
+    frames = np.stack(list(read_frames(source, start=10 * 1001 / 30000, max_frames=7)))
+    np.testing.assert_array_equal(frames, everything[10:17])
+
+
+def test_scene_cuts_restart_the_stream(tmp_path, tiny_pipe):
+    # Three shots written with one lossless encoder, so the second shot decodes to the same pixels in both files.
+    shots = [decode(make_clip(tmp_path / f"{name}.mp4", frames, size="16x16", source=name)) for name, frames in
+             [("testsrc2", 20), ("smptebars", 20), ("rgbtestsrc", 17)]]  # fmt: skip
+    joined, second = tmp_path / "cuts.mp4", tmp_path / "second.mp4"
+    for path, frames in [(joined, np.concatenate(shots)), (second, shots[1])]:
+        writer = H264Writer(str(path), 16, 16, Fraction(25), lossless=True)
+        for frame in frames:
+            writer.write(frame)
+        writer.close()
+
+    # The library's own offline scan finds the same cuts as our online, look-ahead-bounded use of it.
+    offline = [start.frame_num for start, _ in scenedetect.detect(str(joined), scenedetect.ContentDetector())]
+    result = upscale_video(joined, tmp_path / "cuts-x4.mkv", tiny_pipe, lossless=True)
+    assert result.scene_starts == offline == [0, 20, 40]
+    alone = upscale_video(second, tmp_path / "second-x4.mkv", tiny_pipe, lossless=True)
+    assert alone.scene_starts == [0]
+
+    upscaled, upscaled_alone = decode(tmp_path / "cuts-x4.mkv"), decode(tmp_path / "second-x4.mkv")
+    assert len(upscaled) == 57
+    np.testing.assert_array_equal(upscaled[20:40], upscaled_alone)
+    # Without scene detection the second scene continues the first stream and comes out differently.
+    upscale_video(joined, tmp_path / "one-stream.mkv", tiny_pipe, lossless=True, scene_detection=False)
+    assert np.abs(decode(tmp_path / "one-stream.mkv")[20:40].astype(int) - upscaled_alone).max() > 2
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_memory_is_flat_in_video_length(tmp_path, tiny_pipeline_dir):
+    peaks = {}
+    for frames in (60, 600):
+        source = make_clip(tmp_path / f"{frames}.mp4", frames=frames, size="8x8", rate="25")
+        command = [INFVSR, source, "-o", tmp_path / f"{frames}-x4.mp4", "--model", tiny_pipeline_dir]
+        env = {**ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed buffers go back to the OS, as in test_stream_memory
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS, *map(str, command)], capture_output=True, text=True,
+                                env=env, check=True)  # fmt: skip
+        peaks[frames] = int(result.stdout)
+        assert probe(tmp_path / f"{frames}-x4.mp4")["frames"] == frames
+    assert peaks[600] <= 1.10 * peaks[60], peaks
+
+
+def wait_for_checkpoint(work: Path, process: subprocess.Popen, more_than: int) -> int:
+    """Frames done in the job's checkpoint, once it holds more than `more_than`."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if (work / "checkpoint.pt").exists():
+            done = torch.load(work / "checkpoint.pt", weights_only=True)["stream"]["frames_done"]
+            if done > more_than:
+                return done
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint")
+
+
+def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_dir):
+    source = make_clip(tmp_path / "clip.mp4", frames=57, size="16x16", rate="24", audio=True)
+    options = ["--model", tiny_pipeline_dir, "--lossless", "--checkpoint-interval", 0]
+    assert run_infvsr(source, "-o", tmp_path / "reference.mp4", *options).returncode == 0
+
+    output, work = tmp_path / "resumed.mp4", tmp_path / ".resumed.mp4.infvsr-partial"
+    command = [INFVSR, *map(str, [source, "-o", output, *options])]
+    # A crash (SIGKILL) after the first chunk: nothing under the final name.
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = wait_for_checkpoint(work, process, more_than=0)
+    process.kill()
+    process.wait()
+    assert not output.exists() and work.is_dir()
+
+    # Ctrl-C of the resumed run, one chunk later: exit code 130 and a hint.
+    process = subprocess.Popen(
+        command + ["--resume"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    done = wait_for_checkpoint(work, process, more_than=done)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume" in stderr
+    assert not output.exists()
+
+    result = run_infvsr(*command[1:], "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed after {done} frames" in result.stdout or "resumed after" in result.stdout
+    resumed_from = int(result.stdout.split("resumed after ")[1].split()[0])
+    assert 0 < resumed_from < 57
+    np.testing.assert_array_equal(decode(output), decode(tmp_path / "reference.mp4"))
+    assert probe(output)["audio"] == probe(tmp_path / "reference.mp4")["audio"]
+    assert not work.exists()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-inputs")
+    good = make_clip(folder / "good.mp4", frames=9, size="16x16")
+    (folder / "notes.mp4").write_text("not a video\n")
+    data = Path(good).read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) of this MP4 is at the end
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=25", "-frames:v", 0, "-c:v", "libx264", folder / "empty.mkv")
+    for size in ("16x16", "24x16"):
+        make_clip(folder / f"{size}.ts", frames=12, size=size)
+    (folder / "resized.ts").write_bytes((folder / "16x16.ts").read_bytes() + (folder / "24x16.ts").read_bytes())
+    (folder / "a-file").write_text("")
+    (folder / "existing.mp4").write_text("keep me")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["missing.mp4", "-o", "out.mp4"], "missing.mp4: no such file"),
+        (["notes.mp4", "-o", "out.mp4"], "notes.mp4 cannot be read as a video"),
+        (["truncated.mp4", "-o", "out.mp4"], "corrupt or truncated"),
+        (["empty.mkv", "-o", "out.mp4"], "empty.mkv contains no video frames"),
+        (["good.mp4", "-o", "out.mp4", "--start", "60"], "good.mp4 has no video frames after 60.0 s"),
+        (["resized.ts", "-o", "out.mp4"], "the frame size changes from 16x16 to 24x16 at frame 12"),
+        (["good.mp4", "-o", "a-file/out.mp4"], "Cannot write to the output folder a-file"),
+        (["good.mp4", "-o", "existing.mp4"], "existing.mp4 already exists. Pass --overwrite"),
+        (["good.mp4", "-o", "out.avi"], "the output must be one of .mp4, .mkv, .mov"),
+        (["good.mp4", "-o", "out.mp4", "--model", "no/such-model"], "Cannot load the model 'no/such-model'"),
+        (["good.mp4", "-o", "out.mp4", "--model", "."], "is not an InfVSR pipeline folder"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(bad_inputs, tiny_pipeline_dir, arguments, message):
+    if "--model" not in arguments:
+        arguments = [*arguments, "--model", tiny_pipeline_dir]
+    result = run_infvsr(*arguments, cwd=bad_inputs)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (bad_inputs / "out.mp4").exists() and (bad_inputs / "existing.mp4").read_text() == "keep me"
+    assert not list(bad_inputs.glob(".*infvsr-partial"))
+
+
+def test_folder_mode_reports_bad_files_and_processes_the_rest(bad_inputs, tiny_pipeline_dir, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("good.mp4", "notes.mp4", "resized.ts"):
+        shutil.copy(bad_inputs / name, folder / name)
+    (folder / "readme.txt").write_text("not a video extension: ignored")
+    result = run_infvsr(folder, "-o", tmp_path / "upscaled", "--model", tiny_pipeline_dir)
+    assert result.returncode == 1
+    assert "done: 1 of 3 videos written" in result.stderr
+    assert "failed: " in result.stderr and "notes.mp4" in result.stderr and "resized.ts" in result.stderr
+    assert sorted(os.listdir(tmp_path / "upscaled")) == ["good.mp4"]
+    assert probe(tmp_path / "upscaled" / "good.mp4")["frames"] == 9
+
+
+def test_existing_output_is_replaced_only_with_overwrite(bad_inputs, tiny_pipeline_dir, tmp_path):
+    output = tmp_path / "out.mp4"
+    output.write_text("old")
+    assert run_infvsr(bad_inputs / "good.mp4", "-o", output, "--model", tiny_pipeline_dir).returncode == 1
+    assert output.read_text() == "old"
+    result = run_infvsr(bad_inputs / "good.mp4", "-o", output, "--model", tiny_pipeline_dir, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert probe(output)["frames"] == 9
