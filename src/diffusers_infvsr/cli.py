@@ -131,7 +131,7 @@ def load_pipeline(args: argparse.Namespace) -> InfVSRPipeline:
         pipe = InfVSRPipeline.from_pretrained(args.model, torch_dtype=dtype)
     except Exception as error:  # a bad path, an unknown Hub id or no network: all end the same way for the user
         raise ModelLoadError(
-            f"Cannot load the model {args.model!r}: {error}. Pass an InfVSR diffusers folder (made with `python -m "
+            f"Cannot load the model {args.model!r}: {str(error).rstrip('.')}. Pass an InfVSR diffusers folder (made with `python -m "
             "diffusers_infvsr.convert`) or a Hub id that holds one."
         ) from error
     if args.cpu_offload:
