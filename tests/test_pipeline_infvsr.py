@@ -237,8 +237,8 @@ def test_stream_resumes_from_a_saved_state(tiny_pipeline, tmp_path, tiled):
         if state.frames_done == 21:
             torch.save(state.state_dict(), tmp_path / "state.pt")
 
-    if tiled:  # 64x64 output frames in 4-latent tiles with stride 3: 3x3 tiles, each with its own caches
-        tiny_pipeline.vae_tile_threshold, tiny_pipeline.vae_tile_latent_size = 32, 4
+    if tiled:  # 64x64 output frames in 5-latent tiles with stride 3: 2x2 tiles, each with its own caches
+        tiny_pipeline.vae_tile_threshold, tiny_pipeline.vae_tile_latent_size = 32, 5
         tiny_pipeline.vae_tile_latent_stride = 3
     uninterrupted = np.stack(list(tiny_pipeline.stream(items(), callback_on_chunk_end=save_at_frame_21)))
 
