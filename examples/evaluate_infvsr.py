@@ -39,11 +39,10 @@ import PIL.Image
 import torch
 
 from diffusers_infvsr.metrics import DISTS, LPIPS, chunk_starts, pair_warping_error, psnr, seam_scores, ssim
-from diffusers_infvsr.video import VIDEO_EXTENSIONS
+from diffusers_infvsr.video import VIDEO_EXTENSIONS, frame_files
 from diffusers_infvsr.video import read_frames as read_video_frames
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 FLOW_ESTIMATOR = (
     "OpenCV DIS optical flow (preset medium, 8-bit luma); occlusion mask by forward-backward consistency (Lai et al. "
     "2018); squared RGB error in [0, 1] summed over channels, averaged over valid pixels and frame pairs; x 1e-3"
@@ -61,22 +60,18 @@ COLUMNS = {
 }
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def find_videos(path: Path) -> dict[str, Path]:
     """Videos under `path` by name: a video file, a folder of frames, or a folder of those."""
     if path.is_file():
         return {path.stem: path}
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist.")
-    if _image_files(path):
+    if frame_files(path):
         return {path.name: path}
     videos = {
         child.stem if child.is_file() else child.name: child
         for child in sorted(path.iterdir())
-        if (child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS) or (child.is_dir() and _image_files(child))
+        if (child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS) or (child.is_dir() and frame_files(child))
     }
     if not videos:
         raise FileNotFoundError(f"No video files or frame folders in {path}.")
@@ -86,7 +81,7 @@ def find_videos(path: Path) -> dict[str, Path]:
 def read_frames(path: Path):
     """Yield `(H, W, 3)` uint8 RGB frames of a video file (PyAV) or a folder of images (sorted by name)."""
     if path.is_dir():
-        for image in _image_files(path):
+        for image in frame_files(path):
             with PIL.Image.open(image) as frame:
                 yield np.asarray(frame.convert("RGB"))
         return

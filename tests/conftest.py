@@ -31,6 +31,15 @@ TINY_VAE_CONFIG = {
 }
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for modules of tiny tensors: avoids OpenMP overhead on small, shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_transformer() -> CausalWanTransformer3DModel:
     torch.manual_seed(0)
@@ -91,3 +100,15 @@ def lr_video(frames: int, height: int = 16, width: int = 16, seed: int = 0) -> n
     """(frames, height, width, 3) uint8 low-resolution frames with smooth content."""
     video = (smooth_video(frames, height, width, seed)[0].permute(1, 2, 3, 0) + 1) * 127.5
     return video.round().to(torch.uint8).numpy()
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (e.g. `benchmarks/bench_pipeline.py`) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

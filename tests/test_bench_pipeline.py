@@ -1,23 +1,15 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import lr_video, make_tiny_pipeline
+from conftest import load_script, lr_video, make_tiny_pipeline
 
 from diffusers_infvsr.vae_stream import WanVAEStream
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pipeline.py"
-
-
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_pipeline.py")
 
 
 def test_stage_timer_times_each_stage_and_detaches(bench):

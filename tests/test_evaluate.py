@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,20 +7,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import load_script
 from skimage.metrics import peak_signal_noise_ratio
 
 from diffusers_infvsr.metrics import perceptual
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "evaluate_infvsr.py"
-
-
 @pytest.fixture(scope="module")
 def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_infvsr", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/evaluate_infvsr.py")
 
 
 def moving_video(num_frames: int = 30, size: int = 32) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ from .scenes import SceneMarker
 
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_EXTENSIONS = (".mp4", ".mkv", ".mov")
 _MP4_FAMILY = (".mp4", ".mov", ".m4v")
 
@@ -65,6 +66,11 @@ class VideoInfo:
     duration: float | None
     audio_codecs: list[str] = field(default_factory=list)
     subtitle_codecs: list[str] = field(default_factory=list)
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The frames of a frame folder (one image file per frame, e.g. REDS' `000/00000000.png`), in file-name order."""
+    return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _open(path: str) -> av.container.InputContainer:

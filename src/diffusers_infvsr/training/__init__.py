@@ -1,0 +1,50 @@
+"""Reusable parts of InfVSR training (`examples/train_infvsr.py`): data, degradations, losses, model set-up."""
+
+from .data import VideoClipDataset, count_frames, find_clips, load_frames
+from .degradations import (
+    DegradationConfig,
+    DegradationParams,
+    DegradationRound,
+    degrade,
+    degrade_video,
+    jpeg_compress,
+    sample_degradation_params,
+    video_compress,
+)
+from .losses import (
+    LatentWindow,
+    add_flow_noise,
+    decode_latents,
+    dmd_loss,
+    pixel_losses,
+    random_latent_window,
+    sample_noise_levels,
+    temporal_difference_loss,
+)
+from .modeling import load_transformer, replace_text_projection
+
+
+__all__ = [
+    "DegradationConfig",
+    "DegradationParams",
+    "DegradationRound",
+    "LatentWindow",
+    "VideoClipDataset",
+    "add_flow_noise",
+    "count_frames",
+    "decode_latents",
+    "degrade",
+    "degrade_video",
+    "dmd_loss",
+    "find_clips",
+    "jpeg_compress",
+    "load_frames",
+    "load_transformer",
+    "pixel_losses",
+    "random_latent_window",
+    "replace_text_projection",
+    "sample_degradation_params",
+    "sample_noise_levels",
+    "temporal_difference_loss",
+    "video_compress",
+]
