@@ -62,8 +62,9 @@ def test_fractional_rate_audio_and_subtitles_survive(tmp_path, tiny_pipeline_dir
 def test_odd_size_scale_start_and_max_frames(tmp_path, tiny_pipeline_dir):
     source = make_clip(tmp_path / "odd.mp4", frames=30, size="15x9", rate="25", source="testsrc", lossless=True)
     output = tmp_path / "odd-x3.mp4"
-    result = run_infvsr(source, "-o", output, "--model", tiny_pipeline_dir, "--scale", 3, "--start", "0.4",
-                        "--max-frames", 10, "--no-scene-detect")  # fmt: skip
+    # 30 frames at 25 fps: starting at 0.8 s leaves 10, fewer than --max-frames.
+    result = run_infvsr(source, "-o", output, "--model", tiny_pipeline_dir, "--scale", 3, "--start", "0.8",
+                        "--max-frames", 15, "--no-scene-detect")  # fmt: skip
     assert result.returncode == 0, result.stderr
     after = probe(output)
     assert after["frames"] == 10 and after["size"] == (45, 27) and after["pix_fmt"] == "yuv444p"
@@ -232,9 +233,10 @@ def test_existing_output_is_replaced_only_with_overwrite(bad_inputs, tiny_pipeli
     output.write_text("old")
     assert run_infvsr(bad_inputs / "good.mp4", "-o", output, "--model", tiny_pipeline_dir).returncode == 1
     assert output.read_text() == "old"
-    result = run_infvsr(bad_inputs / "good.mp4", "-o", output, "--model", tiny_pipeline_dir, "--overwrite")
+    options = ["--model", tiny_pipeline_dir, "--overwrite", "--max-frames", 5]
+    result = run_infvsr(bad_inputs / "good.mp4", "-o", output, *options)
     assert result.returncode == 0, result.stderr
-    assert probe(output)["frames"] == 9
+    assert probe(output)["frames"] == 5  # of 9
 
 
 def test_runtime_options_reach_the_pipeline(tiny_pipeline_dir):

@@ -45,7 +45,16 @@ def feather_weights(span: tuple[int, int], extent: int, ramp_width: int) -> torc
     return weights
 
 
-def _count_causal_convs(module: torch.nn.Module) -> int:
+def latent_statistics(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's `latents_mean` / `latents_std` as `(1, z_dim, 1, 1, 1)` tensors on `like`'s device and dtype."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=like.device, dtype=like.dtype)
+    std = torch.tensor(vae.config.latents_std, device=like.device, dtype=like.dtype)
+    return mean.view(shape), std.view(shape)
+
+
+def count_causal_convs(module: torch.nn.Module) -> int:
+    """Number of causal 3-D convolutions in `module`: the length of its `feat_cache` list."""
     return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
 
 
@@ -111,8 +120,8 @@ class WanVAEStream:
         self.offload_idle_tiles = offload_idle_tiles
         self.spatial_scale = vae.config.scale_factor_spatial
         self.temporal_scale = vae.config.scale_factor_temporal
-        self._encoder_convs = _count_causal_convs(vae.encoder)
-        self._decoder_convs = _count_causal_convs(vae.decoder)
+        self._encoder_convs = count_causal_convs(vae.encoder)
+        self._decoder_convs = count_causal_convs(vae.decoder)
         self.reset()
 
     def reset(self) -> None:
@@ -154,12 +163,6 @@ class WanVAEStream:
         hook = getattr(self.vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.vae)
-
-    def _latent_stats(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, self.vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(self.vae.config.latents_mean, device=reference.device, dtype=reference.dtype)
-        std = torch.tensor(self.vae.config.latents_std, device=reference.device, dtype=reference.dtype)
-        return mean.view(shape), std.view(shape)
 
     def _run_tiled(self, inputs, caches, num_convs, in_scale, out_scale, out_shape, run_tile):
         """Run `run_tile(tile_inputs, cache)` over the spatial tiles of `inputs` and blend the outputs."""
@@ -253,7 +256,7 @@ class WanVAEStream:
         posterior_mean = self._run_tiled(
             video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
         )
-        latents_mean, latents_std = self._latent_stats(posterior_mean)
+        latents_mean, latents_std = latent_statistics(self.vae, posterior_mean)
         return (posterior_mean - latents_mean) / latents_std
 
     @torch.no_grad()
@@ -277,7 +280,7 @@ class WanVAEStream:
 
         self._onload_vae()
         latents = latents.to(device=self.vae.device, dtype=self.vae.dtype)
-        latents_mean, latents_std = self._latent_stats(latents)
+        latents_mean, latents_std = latent_statistics(self.vae, latents)
         latents = latents * latents_std + latents_mean
         num_frames = num_latent_frames * self.temporal_scale - (self.temporal_scale - 1 if first else 0)
         out_shape = (batch_size, self.vae.config.out_channels, num_frames)

@@ -324,6 +324,7 @@ class _SegmentedOutput:
         self.size, self.fps, self.crf, self.lossless = size, fps, crf, lossless
         self.segments: list[str] = []
         self.writer: H264Writer | None = None
+        self.current: str | None = None  # name of the segment being written
 
     def keep_only(self, segments: list[str]) -> None:
         """Continue after `segments` (from a checkpoint); delete any segment written after it."""
@@ -334,8 +335,8 @@ class _SegmentedOutput:
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
-            path = self.folder / f"segment-{len(self.segments):06d}.mp4"
-            self.writer = H264Writer(str(path), *self.size, self.fps, self.crf, self.lossless)
+            self.current = f"segment-{len(self.segments):06d}.mp4"
+            self.writer = H264Writer(str(self.folder / self.current), *self.size, self.fps, self.crf, self.lossless)
         self.writer.write(frame)
 
     def close_segment(self) -> bool:
@@ -343,7 +344,7 @@ class _SegmentedOutput:
         if self.writer is None:
             return False
         self.writer.close()
-        self.segments.append(f"segment-{len(self.segments):06d}.mp4")
+        self.segments.append(self.current)
         self.writer = None
         return True
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from torch.utils.checkpoint import checkpoint
+
+from ..vae_stream import count_causal_convs, latent_statistics
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,7 @@ def decode_latents(vae: AutoencoderKLWan, latents: torch.Tensor, gradient_checkp
     held for backward are those of one latent frame instead of the whole clip. The causal convolution caches passed
     from frame to frame are inputs and outputs of each checkpointed call, so recomputation sees the same state.
     """
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
-    std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
+    mean, std = latent_statistics(vae, latents)
     latents = vae.post_quant_conv((latents * std + mean).to(vae.dtype))
 
     def decode_frame(latent_frame, cache, first_chunk):
@@ -67,7 +66,7 @@ def decode_latents(vae: AutoencoderKLWan, latents: torch.Tensor, gradient_checkp
         frame = vae.decoder(latent_frame, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)
         return frame, cache
 
-    cache = [None] * sum(isinstance(module, WanCausalConv3d) for module in vae.decoder.modules())
+    cache = [None] * count_causal_convs(vae.decoder)
     frames = []
     for index in range(latents.shape[2]):
         latent_frame = latents[:, :, index : index + 1]
