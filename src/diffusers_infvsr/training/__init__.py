@@ -2,6 +2,7 @@
 
 from .data import VideoClipDataset, count_frames, find_clips, load_frames
 from .degradations import (
+    BlurKernel,
     DegradationConfig,
     DegradationParams,
     DegradationRound,
@@ -25,6 +26,7 @@ from .modeling import load_transformer, replace_text_projection
 
 
 __all__ = [
+    "BlurKernel",
     "DegradationConfig",
     "DegradationParams",
     "DegradationRound",

@@ -12,13 +12,18 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-RealBasicVSR-style second-order degradations that turn a high-quality clip into a realistic low-quality one.
+RealBasicVSR's second-order degradations, which turn a high-quality clip into a realistic low-quality one.
 
-A first round of [blur, random resize, Gaussian or Poisson noise, JPEG], a second round of [blur, random resize,
-noise], then the second round's JPEG and the final resize to 1/scale with a sinc filter (in random order), then lossy
-video compression. Every random choice is drawn once per clip
-([`sample_degradation_params`]), so all frames of a clip get the same kernels, noise levels, qualities and codec;
-only the noise itself is drawn per frame. Everything is seeded, so a seed reproduces a clip's degradation exactly.
+The graph of mmagic's RealBasicVSR REDS configuration:
+
+1. first order: blur, random resize, Gaussian or Poisson noise, JPEG, video compression;
+2. second order: blur, random resize, noise, JPEG;
+3. then, in random order, video compression and [resize to the output size, sinc filter].
+
+Resizes of the first two orders are relative to the current size. Every random choice is drawn once per clip
+([`sample_degradation_params`]), as in DOVE: all frames of a clip get the same kernels, sizes, noise levels, qualities
+and codecs; only the noise itself is drawn per frame. Everything is seeded, so a seed reproduces a clip's degradation
+exactly. Filtering, resizing and JPEG run through OpenCV, video codecs through PyAV (FFmpeg).
 """
 
 import dataclasses
@@ -28,10 +33,8 @@ from dataclasses import dataclass, field
 
 import av
 import cv2
-import kornia
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 KERNEL_TYPES = (
@@ -41,36 +44,35 @@ KERNEL_TYPES = (
     "generalized_anisotropic",
     "plateau_isotropic",
     "plateau_anisotropic",
+    "sinc",
 )
-RESIZE_MODES = ("area", "bilinear", "bicubic")
+RESIZE_MODES = ("bilinear", "area", "bicubic")
+_CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
 
 
 @dataclass
 class DegradationRound:
     r"""
-    Ranges and probabilities of one round of [blur, resize, noise, JPEG]. The defaults are the first round of
-    Real-ESRGAN / RealBasicVSR; [`DegradationConfig`] uses milder ones for the second round.
+    Ranges and probabilities of one order of [blur, resize, noise, JPEG]. The defaults are RealBasicVSR's first order;
+    [`DegradationConfig`] uses milder ones for the second.
 
     Args:
         blur_prob: Probability of blurring at all.
-        kernel_probs: Probability of each entry of `KERNEL_TYPES` (Gaussian, generalized Gaussian, plateau;
-            isotropic or anisotropic), given that a non-sinc kernel is used.
-        sinc_prob: Probability that the blur kernel is a sinc (ringing) filter instead.
+        kernel_probs: Probability of each entry of `KERNEL_TYPES` (Gaussian, generalized Gaussian, plateau, each
+            isotropic or anisotropic, and sinc).
         blur_sigma: Range of the Gaussian standard deviations (pixels).
         generalized_beta, plateau_beta: Shape exponent ranges of the generalized Gaussian and plateau kernels.
         resize_probs: Probabilities of scaling up, down, or keeping the size.
-        resize_range: Range of the resize factor (relative to the round's input for the first round, to the final size
-            for the second).
+        resize_range: Range of the resize factor, relative to the size of the order's input.
         gaussian_noise_prob: Probability of Gaussian noise (Poisson noise otherwise).
         gaussian_sigma: Range of the Gaussian noise standard deviation, in 8-bit levels.
         poisson_scale: Range of the Poisson noise scale.
         gray_noise_prob: Probability that the noise is the same in the three channels.
-        jpeg_quality: Range of the JPEG quality.
+        jpeg_quality: Range of the JPEG quality (integers, both ends included).
     """
 
     blur_prob: float = 1.0
-    kernel_probs: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sinc_prob: float = 0.1
+    kernel_probs: tuple[float, ...] = (0.405, 0.225, 0.108, 0.027, 0.108, 0.027, 0.1)
     blur_sigma: tuple[float, float] = (0.2, 3.0)
     generalized_beta: tuple[float, float] = (0.5, 4.0)
     plateau_beta: tuple[float, float] = (1.0, 2.0)
@@ -83,7 +85,7 @@ class DegradationRound:
     jpeg_quality: tuple[int, int] = (30, 95)
 
 
-def _second_round() -> DegradationRound:
+def _second_order() -> DegradationRound:
     return DegradationRound(
         blur_prob=0.8,
         blur_sigma=(0.2, 1.5),
@@ -97,17 +99,21 @@ def _second_round() -> DegradationRound:
 @dataclass
 class DegradationConfig:
     r"""
-    All ranges and probabilities of the degradation model (defaults: Real-ESRGAN's kernels and noise, RealBasicVSR's
-    video compression).
+    All ranges and probabilities of the degradation model. The defaults are those of mmagic's RealBasicVSR REDS
+    configuration (see the table in examples/README.md).
 
     Args:
         scale: Downscaling factor of the final resize; the output is exactly `(height // scale, width // scale)`.
         first, second: The two [`DegradationRound`]s.
-        kernel_size_range: Odd blur and sinc kernel sizes are drawn from this range.
+        kernel_sizes: Blur and sinc kernel sizes, drawn uniformly.
+        resize_mode_probs: Probabilities of the interpolations `RESIZE_MODES` of every resize.
         final_sinc_prob: Probability of a sinc filter with the final resize.
-        video_compression_prob: Probability of compressing the clip with a video codec at the end.
-        video_codecs: Codecs to choose from (FFmpeg encoder names; `libx264` and `mpeg4` ship with PyAV's wheels).
-        video_bitrate_range: Range of the codec bitrate in bits per second (drawn log-uniformly).
+        final_sinc_cutoff: Range of the final sinc filter's cutoff, radians per pixel.
+        video_compression_prob: Probability of each of the two video compressions.
+        video_codecs: FFmpeg encoder names to choose from (`h264` is FFmpeg's default H.264 encoder).
+        video_codec_probs: Probability of each codec.
+        video_bitrate_range: Range of the bitrate, integers, both ends included. Frames are encoded at a stream rate
+            of one frame per second, so this is also the budget of one frame in bits.
 
     Example:
 
@@ -120,12 +126,20 @@ class DegradationConfig:
 
     scale: int = 4
     first: DegradationRound = field(default_factory=DegradationRound)
-    second: DegradationRound = field(default_factory=_second_round)
-    kernel_size_range: tuple[int, int] = (7, 21)
+    second: DegradationRound = field(default_factory=_second_order)
+    kernel_sizes: tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
+    resize_mode_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     final_sinc_prob: float = 0.8
+    final_sinc_cutoff: tuple[float, float] = (math.pi / 3, math.pi)
     video_compression_prob: float = 1.0
-    video_codecs: tuple[str, ...] = ("libx264", "mpeg4")
-    video_bitrate_range: tuple[float, float] = (1e4, 1e5)
+    video_codecs: tuple[str, ...] = ("libx264", "h264", "mpeg4")
+    video_codec_probs: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+    video_bitrate_range: tuple[int, int] = (10_000, 100_000)
+
+    def __post_init__(self):
+        if len(self.video_codec_probs) != len(self.video_codecs):
+            # A codec list given without probabilities: choose uniformly.
+            self.video_codec_probs = tuple(1 / len(self.video_codecs) for _ in self.video_codecs)
 
     @classmethod
     def from_dict(cls, values: dict) -> "DegradationConfig":
@@ -145,16 +159,31 @@ class DegradationConfig:
 
 
 @dataclass
-class RoundParams:
-    """The draws of one [`DegradationRound`] for one clip."""
+class BlurKernel:
+    """One drawn blur kernel: its type and parameters (`None` where the type has none) and its weights."""
 
-    kernel: torch.Tensor | None
+    type: str
+    size: int
+    weights: np.ndarray
+    sigma: tuple[float, float] | None = None
+    rotation: float | None = None
+    beta: float | None = None
+    cutoff: float | None = None
+
+
+@dataclass
+class RoundParams:
+    """The draws of one [`DegradationRound`] for one clip, with the video compression that belongs to its order."""
+
+    kernel: BlurKernel | None
     resize_factor: float
     resize_mode: str
     noise_type: str
     noise_level: float
     gray_noise: bool
     jpeg_quality: int
+    video_codec: str | None
+    video_bitrate: int
 
 
 @dataclass
@@ -163,11 +192,9 @@ class DegradationParams:
 
     first: RoundParams
     second: RoundParams
-    final_sinc_kernel: torch.Tensor | None
+    final_sinc_kernel: BlurKernel | None
     final_resize_mode: str
-    jpeg_before_final_resize: bool
-    video_codec: str | None
-    video_bitrate: int
+    compress_before_final_resize: bool
     noise_seed: int
 
 
@@ -175,57 +202,54 @@ def _uniform(rng: np.random.Generator, bounds) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def _kernel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    coords = torch.arange(size, dtype=torch.float64) - size // 2
-    return torch.meshgrid(coords, coords, indexing="ij")
+def _choice(rng: np.random.Generator, options, probs):
+    probs = np.asarray(probs, dtype=np.float64)
+    return options[int(rng.choice(len(options), p=probs / probs.sum()))]
+
+
+def _kernel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    coords = np.arange(size, dtype=np.float64) - size // 2
+    return np.meshgrid(coords, coords, indexing="ij")
 
 
 def anisotropic_kernel(
     size: int, sigma_x: float, sigma_y: float, rotation: float, beta: float = 1.0, plateau: bool = False
-) -> torch.Tensor:
+) -> np.ndarray:
     r"""
     Normalized 2-D kernel over the quadratic form `d = x^T C^-1 x` of a rotated Gaussian covariance
     `C = R diag(sigma_x^2, sigma_y^2) R^T`: `exp(-d^beta / 2)` (Gaussian for `beta = 1`, generalized Gaussian
     otherwise) or, with `plateau=True`, `1 / (1 + d^beta)`.
     """
-    rot = torch.tensor(
-        [[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]], dtype=torch.float64
-    )
-    covariance = rot @ torch.diag(torch.tensor([sigma_x**2, sigma_y**2], dtype=torch.float64)) @ rot.T
-    inverse = torch.linalg.inv(covariance)
+    rot = np.array([[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]])
+    inverse = np.linalg.inv(rot @ np.diag([sigma_x**2, sigma_y**2]) @ rot.T)
     rows, cols = _kernel_grid(size)
-    points = torch.stack([cols, rows], dim=-1)  # (x, y) per pixel
-    quadratic = torch.einsum("...i,ij,...j->...", points, inverse, points)
-    kernel = 1 / (1 + quadratic**beta) if plateau else torch.exp(-0.5 * quadratic**beta)
-    return (kernel / kernel.sum()).float()
+    points = np.stack([cols, rows], axis=-1)  # (x, y) per pixel
+    quadratic = np.einsum("...i,ij,...j->...", points, inverse, points)
+    kernel = 1 / (1 + quadratic**beta) if plateau else np.exp(-0.5 * quadratic**beta)
+    return (kernel / kernel.sum()).astype(np.float32)
 
 
-def sinc_kernel(size: int, cutoff: float) -> torch.Tensor:
+def sinc_kernel(size: int, cutoff: float) -> np.ndarray:
     r"""Normalized circular low-pass (sinc) kernel `cutoff * J1(cutoff * r) / (2 pi r)`, cutoff in radians/pixel."""
     rows, cols = _kernel_grid(size)
-    radius = torch.sqrt(rows**2 + cols**2)
+    radius = torch.from_numpy(np.sqrt(rows**2 + cols**2))
     safe_radius = torch.where(radius == 0, torch.ones_like(radius), radius)
     kernel = cutoff * torch.special.bessel_j1(cutoff * safe_radius) / (2 * math.pi * safe_radius)
-    kernel = torch.where(radius == 0, torch.full_like(radius, cutoff**2 / (4 * math.pi)), kernel)
-    return (kernel / kernel.sum()).float()
+    kernel = torch.where(radius == 0, torch.full_like(radius, cutoff**2 / (4 * math.pi)), kernel).numpy()
+    return (kernel / kernel.sum()).astype(np.float32)
 
 
-def _sample_kernel_size(rng: np.random.Generator, config: DegradationConfig) -> int:
-    low, high = config.kernel_size_range
-    return int(rng.choice(np.arange(low + (1 - low % 2), high + 1, 2)))
-
-
-def _sample_sinc(rng: np.random.Generator, size: int) -> torch.Tensor:
-    low = math.pi / 3 if size < 13 else math.pi / 5
-    return sinc_kernel(size, _uniform(rng, (low, math.pi)))
+def _sample_sinc(rng: np.random.Generator, size: int, cutoff_range: tuple[float, float]) -> BlurKernel:
+    cutoff = _uniform(rng, cutoff_range)
+    return BlurKernel("sinc", size, sinc_kernel(size, cutoff), cutoff=cutoff)
 
 
 def _sample_blur_kernel(rng: np.random.Generator, settings: DegradationRound, config: DegradationConfig):
-    size = _sample_kernel_size(rng, config)
-    if rng.random() < settings.sinc_prob:
-        return _sample_sinc(rng, size)
-    probs = np.asarray(settings.kernel_probs, dtype=np.float64)
-    kind = KERNEL_TYPES[rng.choice(len(KERNEL_TYPES), p=probs / probs.sum())]
+    size = int(rng.choice(config.kernel_sizes))
+    kind = _choice(rng, KERNEL_TYPES, settings.kernel_probs)
+    if kind == "sinc":
+        # Real-ESRGAN's cutoff range, which mmagic keeps for the sinc kernels of the two orders.
+        return _sample_sinc(rng, size, (math.pi / 3 if size < 13 else math.pi / 5, math.pi))
     sigma_x = _uniform(rng, settings.blur_sigma)
     sigma_y, rotation = sigma_x, 0.0
     if kind.endswith("anisotropic"):
@@ -233,29 +257,41 @@ def _sample_blur_kernel(rng: np.random.Generator, settings: DegradationRound, co
         rotation = _uniform(rng, (-math.pi, math.pi))
     beta = 1.0
     if kind.startswith("generalized"):
-        # Half of the draws below 1 (heavy tails), half above (flat tops), as in Real-ESRGAN.
-        beta = _uniform(
-            rng, (settings.generalized_beta[0], 1.0) if rng.random() < 0.5 else (1.0, settings.generalized_beta[1])
-        )
+        beta = _uniform(rng, settings.generalized_beta)
     elif kind.startswith("plateau"):
         beta = _uniform(rng, settings.plateau_beta)
-    return anisotropic_kernel(size, sigma_x, sigma_y, rotation, beta, plateau=kind.startswith("plateau"))
+    weights = anisotropic_kernel(size, sigma_x, sigma_y, rotation, beta, plateau=kind.startswith("plateau"))
+    return BlurKernel(kind, size, weights, sigma=(sigma_x, sigma_y), rotation=rotation, beta=beta)
+
+
+def _sample_video_codec(rng: np.random.Generator, config: DegradationConfig) -> tuple[str | None, int]:
+    compress = rng.random() < config.video_compression_prob and len(config.video_codecs) > 0
+    codec = _choice(rng, config.video_codecs, config.video_codec_probs) if compress else None
+    low, high = config.video_bitrate_range
+    return codec, int(rng.integers(int(low), int(high) + 1))
 
 
 def _sample_round(rng: np.random.Generator, settings: DegradationRound, config: DegradationConfig) -> RoundParams:
     kernel = _sample_blur_kernel(rng, settings, config) if rng.random() < settings.blur_prob else None
-    direction = rng.choice(3, p=np.asarray(settings.resize_probs) / sum(settings.resize_probs))
+    direction = _choice(rng, ("up", "down", "keep"), settings.resize_probs)
     low, high = settings.resize_range
-    factor = (_uniform(rng, (1.0, high)), _uniform(rng, (low, 1.0)), 1.0)[direction]
+    factor = {"up": _uniform(rng, (1.0, high)), "down": _uniform(rng, (low, 1.0)), "keep": 1.0}[direction]
     gaussian = rng.random() < settings.gaussian_noise_prob
+    resize_mode = _choice(rng, RESIZE_MODES, config.resize_mode_probs)
+    noise_level = _uniform(rng, settings.gaussian_sigma if gaussian else settings.poisson_scale)
+    gray_noise = bool(rng.random() < settings.gray_noise_prob)
+    jpeg_quality = int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1))
+    codec, bitrate = _sample_video_codec(rng, config)
     return RoundParams(
         kernel=kernel,
         resize_factor=factor,
-        resize_mode=str(rng.choice(RESIZE_MODES)),
+        resize_mode=resize_mode,
         noise_type="gaussian" if gaussian else "poisson",
-        noise_level=_uniform(rng, settings.gaussian_sigma if gaussian else settings.poisson_scale),
-        gray_noise=bool(rng.random() < settings.gray_noise_prob),
-        jpeg_quality=int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1)),
+        noise_level=noise_level,
+        gray_noise=gray_noise,
+        jpeg_quality=jpeg_quality,
+        video_codec=codec,
+        video_bitrate=bitrate,
     )
 
 
@@ -263,100 +299,111 @@ def sample_degradation_params(config: DegradationConfig, rng: np.random.Generato
     r"""Draw every random choice of the degradation of one clip from `rng`."""
     first = _sample_round(rng, config.first, config)
     second = _sample_round(rng, config.second, config)
-    final_sinc = _sample_sinc(rng, _sample_kernel_size(rng, config)) if rng.random() < config.final_sinc_prob else None
-    compress = rng.random() < config.video_compression_prob and len(config.video_codecs) > 0
-    log_low, log_high = np.log(config.video_bitrate_range)
+    final_sinc = None
+    if rng.random() < config.final_sinc_prob:
+        final_sinc = _sample_sinc(rng, int(rng.choice(config.kernel_sizes)), config.final_sinc_cutoff)
     return DegradationParams(
         first=first,
         second=second,
         final_sinc_kernel=final_sinc,
-        final_resize_mode=str(rng.choice(RESIZE_MODES)),
-        jpeg_before_final_resize=bool(rng.random() < 0.5),
-        video_codec=str(rng.choice(config.video_codecs)) if compress else None,
-        video_bitrate=int(np.exp(rng.uniform(log_low, log_high))),
+        final_resize_mode=_choice(rng, RESIZE_MODES, config.resize_mode_probs),
+        compress_before_final_resize=bool(rng.random() < 0.5),
         noise_seed=int(rng.integers(2**62)),
     )
 
 
-def _blur(frames: torch.Tensor, kernel: torch.Tensor | None) -> torch.Tensor:
+def _blur(frames: np.ndarray, kernel: BlurKernel | None) -> np.ndarray:
     if kernel is None:
         return frames
-    # Replicate padding: unlike reflection it works whatever the kernel size relative to small frames.
-    # Sinc kernels have negative lobes: clamp the overshoot.
-    return kornia.filters.filter2d(frames, kernel[None].to(frames), border_type="replicate").clamp(0, 1)
+    # OpenCV's default border (reflect-101), as the reference. Sinc kernels have negative lobes: clip the overshoot.
+    return np.stack([np.clip(cv2.filter2D(frame, -1, kernel.weights), 0, 1) for frame in frames])
 
 
-def _resize(frames: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    size = (max(1, size[0]), max(1, size[1]))
-    if tuple(frames.shape[-2:]) == size:
+def _resize(frames: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    if frames.shape[1:3] == size:
         return frames
-    align = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(frames, size=size, mode=mode, **align).clamp(0, 1)
+    interpolation = _CV2_INTERPOLATION[mode]
+    return np.stack([np.clip(cv2.resize(frame, size[::-1], interpolation=interpolation), 0, 1) for frame in frames])
 
 
-def _add_noise(frames: torch.Tensor, params: RoundParams, generator: torch.Generator) -> torch.Tensor:
+def _relative_size(frames: np.ndarray, factor: float) -> tuple[int, int]:
+    """`factor` times the current size, rounded down to even numbers (at least 2), as the reference."""
+    return tuple(max(2, 2 * int(size * factor // 2)) for size in frames.shape[1:3])
+
+
+def _add_noise(frames: np.ndarray, params: RoundParams, rng: np.random.Generator) -> np.ndarray:
     """Noise drawn independently for every frame, at the clip's level and type."""
     if params.noise_type == "gaussian":
-        shape = (frames.shape[0], 1, *frames.shape[2:]) if params.gray_noise else frames.shape
-        noise = torch.randn(shape, generator=generator, dtype=frames.dtype) * (params.noise_level / 255)
+        shape = (*frames.shape[:3], 1) if params.gray_noise else frames.shape
+        noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(params.noise_level / 255)
     else:
-        source = frames.mean(dim=1, keepdim=True) if params.gray_noise else frames
-        levels = 255.0
-        noise = (torch.poisson(source * levels, generator=generator) / levels - source) * params.noise_level
-    return (frames + noise).clamp(0, 1)
+        # Real-ESRGAN's Poisson noise on [0, 1] images, with 256 intensity levels.
+        source = frames.mean(axis=-1, keepdims=True) if params.gray_noise else frames
+        levels = 256
+        noise = (rng.poisson(source * levels).astype(np.float32) / levels - source) * np.float32(params.noise_level)
+    return np.clip(frames + noise, 0, 1, dtype=np.float32)
 
 
-def _quantize(frames: torch.Tensor) -> np.ndarray:
-    """(T, 3, H, W) floats in [0, 1] -> (T, H, W, 3) uint8."""
-    return (frames * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
 
 
-def _from_uint8(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
-
-
-def jpeg_compress(frames: torch.Tensor, quality: int) -> torch.Tensor:
-    r"""JPEG-encode and decode every frame of `(T, 3, H, W)` floats in [0, 1] at one quality (OpenCV's libjpeg)."""
+def jpeg_compress(frames: np.ndarray, quality: int) -> np.ndarray:
+    r"""JPEG-encode and decode every frame of `(T, H, W, 3)` RGB floats in [0, 1] at one quality (OpenCV's libjpeg)."""
     params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
     decoded = []
-    for frame in _quantize(frames):
+    for frame in _to_uint8(frames):
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
         if not ok:
             raise RuntimeError("OpenCV could not JPEG-encode a frame.")
         decoded.append(cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-    return _from_uint8(np.stack(decoded))
+    return np.stack(decoded).astype(np.float32) / 255
 
 
-def video_compress(frames: torch.Tensor, codec: str, bitrate: int, fps: int = 25) -> torch.Tensor:
+def video_compress(frames: np.ndarray, codec: str, bitrate: int, rate: int = 1) -> np.ndarray:
     r"""
-    Encode `(T, 3, H, W)` frames in [0, 1] as one video stream with FFmpeg's `codec` (through PyAV, in memory,
-    yuv420p, single-threaded so the result is reproducible) at `bitrate` bits/s, and decode it back. Odd sizes are
-    padded by replication for the chroma subsampling and cropped back.
+    Encode `(T, H, W, 3)` RGB frames in [0, 1] as one video stream with FFmpeg's `codec` (through PyAV, in memory,
+    yuv420p, single-threaded so the result is reproducible) at `bitrate` bits/s and `rate` frames per second (1, as
+    RealBasicVSR: one frame per second of budget), and decode it back. Odd sizes are padded by replication for the
+    chroma subsampling and cropped back.
+
+    Example:
+
+    ```py
+    >>> frames = np.random.default_rng(0).random((5, 32, 48, 3), dtype=np.float32)
+    >>> video_compress(frames, "libx264", bitrate=50_000).shape
+    (5, 32, 48, 3)
+    ```
     """
-    height, width = frames.shape[-2:]
-    frames = F.pad(frames, (0, width % 2, 0, height % 2), mode="replicate")
+    num_frames, height, width = frames.shape[:3]
+    padded = np.pad(_to_uint8(frames), ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="matroska") as container:
-        stream = container.add_stream(codec, rate=fps, options={"threads": "1"})
-        stream.width, stream.height = frames.shape[-1], frames.shape[-2]
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate, options={"threads": "1"})
+        stream.width, stream.height = padded.shape[2], padded.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.bit_rate = int(bitrate)
         stream.thread_count = 1
-        for frame in _quantize(frames):
+        for frame in padded:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
     buffer.seek(0)
     with av.open(buffer, mode="r") as container:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    if len(decoded) != frames.shape[0]:
-        raise RuntimeError(f"{codec} returned {len(decoded)} frames for {frames.shape[0]}.")
-    return _from_uint8(np.stack(decoded))[..., :height, :width]
+    if len(decoded) != num_frames:
+        raise RuntimeError(f"{codec} returned {len(decoded)} frames for {num_frames}.")
+    return np.stack(decoded)[:, :height, :width].astype(np.float32) / 255
 
 
-def _blur_resize_noise(frames, params: RoundParams, size, generator) -> torch.Tensor:
+def _compress(frames: np.ndarray, params: RoundParams) -> np.ndarray:
+    return frames if params.video_codec is None else video_compress(frames, params.video_codec, params.video_bitrate)
+
+
+def _order(frames: np.ndarray, params: RoundParams, rng: np.random.Generator) -> np.ndarray:
+    """Blur, resize relative to the current size, noise, JPEG."""
     frames = _blur(frames, params.kernel)
-    frames = _resize(frames, size, params.resize_mode)
-    return _add_noise(frames, params, generator)
+    frames = _resize(frames, _relative_size(frames, params.resize_factor), params.resize_mode)
+    return jpeg_compress(_add_noise(frames, params, rng), params.jpeg_quality)
 
 
 @torch.no_grad()
@@ -378,24 +425,19 @@ def degrade_video(frames: torch.Tensor, params: DegradationParams, scale: int = 
     height, width = frames.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"Frame size {(height, width)} must be a multiple of the scale {scale}.")
-    frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float().clamp(0, 1)
-    generator = torch.Generator().manual_seed(params.noise_seed)
-    target = (height // scale, width // scale)
+    frames = frames.permute(0, 2, 3, 1).cpu()
+    frames = frames.numpy().astype(np.float32) / 255 if frames.dtype == torch.uint8 else frames.float().clamp(0, 1)
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    rng = np.random.default_rng(params.noise_seed)
 
-    first_size = (round(height * params.first.resize_factor), round(width * params.first.resize_factor))
-    frames = jpeg_compress(_blur_resize_noise(frames, params.first, first_size, generator), params.first.jpeg_quality)
-    second_size = (round(target[0] * params.second.resize_factor), round(target[1] * params.second.resize_factor))
-    frames = _blur_resize_noise(frames, params.second, second_size, generator)
-
-    # The second round's JPEG and the final resize with its sinc filter, in random order (as Real-ESRGAN).
-    if params.jpeg_before_final_resize:
-        frames = jpeg_compress(frames, params.second.jpeg_quality)
-    frames = _blur(_resize(frames, target, params.final_resize_mode), params.final_sinc_kernel)
-    if not params.jpeg_before_final_resize:
-        frames = jpeg_compress(frames, params.second.jpeg_quality)
-    if params.video_codec is not None:
-        frames = video_compress(frames, params.video_codec, params.video_bitrate)
-    return torch.from_numpy(_quantize(frames)).permute(0, 3, 1, 2)
+    frames = _compress(_order(frames, params.first, rng), params.first)
+    frames = _order(frames, params.second, rng)
+    if params.compress_before_final_resize:
+        frames = _compress(frames, params.second)
+    frames = _blur(_resize(frames, (height // scale, width // scale), params.final_resize_mode), params.final_sinc_kernel)
+    if not params.compress_before_final_resize:
+        frames = _compress(frames, params.second)
+    return torch.from_numpy(_to_uint8(frames)).permute(0, 3, 1, 2).contiguous()
 
 
 def degrade(frames: torch.Tensor, config: DegradationConfig | None = None, seed: int = 0) -> torch.Tensor:
