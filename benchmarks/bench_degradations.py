@@ -63,7 +63,9 @@ def code_commit() -> str:
         commit = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "."], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "."], capture_output=True, text=True
+        )
         return commit + ("+dirty" if dirty.stdout.strip() else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown (not a git checkout)"

@@ -63,10 +63,10 @@ from diffusers_infvsr.metrics import DISTS, psnr, ssim
 from diffusers_infvsr.training import (
     DegradationConfig,
     VideoClipDataset,
-    add_flow_noise,
     decode_latents,
     degrade,
-    dmd_loss,
+    distribution_matching_loss,
+    fake_score_loss,
     load_frames,
     load_transformer,
     pixel_losses,
@@ -116,8 +116,23 @@ def parse_args(input_args=None):
         "--prompt_embeds_path",
         type=str,
         default=None,
-        help="Stage II: precomputed umT5 prompt embedding for the score models (.safetensors with a `prompt_embeds` "
-        "tensor, or a .pt tensor), shape (1, sequence_length, text_dim). See examples/README.md.",
+        help="Stage II: precomputed umT5 embedding of the conditional prompt of the score models (.safetensors with "
+        "a `prompt_embeds` tensor, or a .pt tensor), shape (1, sequence_length, text_dim). See examples/README.md.",
+    )
+    parser.add_argument(
+        "--negative_prompt_embeds_path",
+        type=str,
+        default=None,
+        help="Stage II: precomputed umT5 embedding of the negative prompt, for the real score's classifier-free "
+        "guidance (same format). Needed unless --real_guidance_scale is 1.",
+    )
+    parser.add_argument(
+        "--real_guidance_scale",
+        type=float,
+        default=4.0,
+        help="Stage II: classifier-free guidance scale of the real score, `uncond + s (cond - uncond)` (1 disables "
+        "it). The default 4 is Self-Forcing's setting for DMD on Wan2.1 (its `guidance_scale: 3.0` in the form "
+        "`cond + g (cond - uncond)`). The fake score is never guided.",
     )
     # Data.
     parser.add_argument(
@@ -180,7 +195,11 @@ def parse_args(input_args=None):
     parser.add_argument("--dmd_min_timestep", type=int, default=20, help="Stage II: lowest DMD/fake-score timestep.")
     parser.add_argument("--dmd_max_timestep", type=int, default=980, help="Stage II: highest DMD/fake-score timestep.")
     parser.add_argument(
-        "--fake_score_updates", type=int, default=1, help="Stage II: fake-score optimizer steps per generator step."
+        "--fake_score_updates",
+        type=int,
+        default=5,
+        help="Stage II: fake-score optimizer steps per generator step, each on fresh generator samples of its own "
+        "batch (DMD2, CausVid and Self-Forcing use 5).",
     )
     parser.add_argument(
         "--fake_score_learning_rate",
@@ -280,6 +299,11 @@ def parse_args(input_args=None):
             setattr(args, name, value)
     if args.stage == 2 and (args.real_score_model_name_or_path is None or args.prompt_embeds_path is None):
         raise ValueError("Stage II needs --real_score_model_name_or_path and --prompt_embeds_path.")
+    if args.stage == 2 and args.real_guidance_scale != 1 and args.negative_prompt_embeds_path is None:
+        raise ValueError(
+            f"--real_guidance_scale {args.real_guidance_scale} needs --negative_prompt_embeds_path (or pass "
+            "--real_guidance_scale 1 to score without guidance)."
+        )
     if args.num_frames < 1 or (args.num_frames - 1) % 4:
         raise ValueError(f"--num_frames must be 1 + 4k (the Wan VAE is causal, 4x in time), got {args.num_frames}.")
     if any(size % 16 for size in args.resolution):
@@ -346,46 +370,62 @@ def prepare_inputs(batch, vae, image_encoder, upscale_factor: int):
     return latents, visual_prompt, hq
 
 
-def score_prediction(model, noisy, timesteps, sigmas, prompt_embeds) -> torch.Tensor:
-    """Clean-sample prediction `x_t - sigma * v` of a flow-matching score model."""
-    velocity = model(noisy, timesteps, prompt_embeds, return_dict=False)[0]
-    return noisy.float() - sigmas.view(-1, 1, 1, 1, 1) * velocity.float()
-
-
-def update_fake_score(fake_score, optimizer, samples, prompt_embeds, noise_scheduler, args, accelerator, rng):
+def generate(generator, batch, vae, image_encoder, noise_scheduler, args):
     r"""
-    `--fake_score_updates` optimizer steps of the fake score on the generator's (detached) outputs of the current
-    step, so that it keeps modelling the generator's distribution: the flow-matching loss `|v - (noise - x0)|^2` at
-    random noise levels. Each step accumulates the gradients of all micro-batches. Returns the last step's mean loss.
+    The one-step generator's clean latents for a batch (float32; block-causal chunks in Stage II), with the
+    high-quality clip `(B, 3, T, H, W)` in [0, 1].
     """
-    for _ in range(args.fake_score_updates):
-        mean_loss = 0.0
-        for index, sample in enumerate(samples):
-            # Synchronize the gradients across processes only with the last micro-batch.
-            sync = accelerator.no_sync(fake_score) if index < len(samples) - 1 else nullcontext()
-            with sync:
-                with accelerator.autocast():
-                    timesteps, sigmas = sample_noise_levels(
-                        noise_scheduler,
-                        sample.shape[0],
-                        args.dmd_min_timestep,
-                        args.dmd_max_timestep,
-                        generator=rng,
-                        device=sample.device,
-                    )
-                    noise = torch.randn(sample.shape, generator=rng).to(sample.device)
-                    noisy = add_flow_noise(sample, noise, sigmas)
-                    embeds = prompt_embeds.expand(sample.shape[0], -1, -1)
-                    velocity = fake_score(noisy, timesteps, embeds, return_dict=False)[0]
-                    loss = F.mse_loss(velocity.float(), noise - sample)
-                # `accelerator.backward` divides by the accumulation steps: make it a mean over the micro-batches.
-                accelerator.backward(loss * accelerator.gradient_accumulation_steps / len(samples))
-            mean_loss += loss.detach() / len(samples)
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return mean_loss
+    latents, visual_prompt, hq = prepare_inputs(batch, vae, image_encoder, args.upscale_factor)
+    timestep = torch.full((latents.shape[0],), noise_scheduler.timestep, device=latents.device)
+    chunk_frames = chunk_layout(latents.shape[2], args.chunk_latent_frames) if args.stage == 2 else None
+    velocity = generator(
+        latents, timestep, visual_prompt, chunk_frames=chunk_frames, cache_frames=args.cache_frames, return_dict=False
+    )[0]
+    return noise_scheduler.one_step(velocity.float(), latents), hq
+
+
+def batches_per_step(args) -> int:
+    """Micro-batches per generator step: the generator's, then those of every fake-score update (Stage II)."""
+    return args.gradient_accumulation_steps * (1 + (args.fake_score_updates if args.stage == 2 else 0))
+
+
+def group_batches(dataloader, size: int):
+    """Consecutive lists of `size` batches; an incomplete group at the end of an epoch is dropped."""
+    group = []
+    for batch in dataloader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
+# Settings a checkpoint must be resumed with: they fix the data order and the optimization.
+RESUME_SETTINGS = (
+    "stage",
+    "seed",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "fake_score_updates",
+    "fake_score_learning_rate",
+    "real_guidance_scale",
+)
+
+
+def resume_settings(args, num_processes: int) -> dict:
+    return {"num_processes": num_processes, **{name: getattr(args, name) for name in RESUME_SETTINGS}}
+
+
+def check_resume_settings(checkpoint: str, args, num_processes: int) -> None:
+    """Refuse to resume a checkpoint with settings other than those it was trained with."""
+    with open(os.path.join(checkpoint, "train_settings.json")) as f:
+        saved = json.load(f)
+    current = resume_settings(args, num_processes)
+    changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+    if changed:
+        details = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
+        raise ValueError(f"{checkpoint} was trained with other settings ({details}); resume with the same ones.")
 
 
 def load_validation_clip(args, degradation: DegradationConfig):
@@ -442,9 +482,9 @@ def save_model_card(args, repo_folder: str, mixed_precision: str, validation_met
     losses = f"{args.mse_weight} MSE + {args.dists_weight} DISTS + {args.temporal_weight} temporal difference"
     if args.stage == 2:
         losses += (
-            f" + {args.dmd_weight} DMD (real score `{args.real_score_model_name_or_path}`, "
-            f"{args.fake_score_updates} fake-score update(s) per step); cache ({args.chunk_latent_frames}, "
-            f"{args.cache_frames})"
+            f" + {args.dmd_weight} DMD (real score `{args.real_score_model_name_or_path}` with guidance scale "
+            f"{args.real_guidance_scale}, {args.fake_score_updates} fake-score update(s) per step at learning rate "
+            f"{args.fake_score_learning_rate}); cache ({args.chunk_latent_frames}, {args.cache_frames})"
         )
     lines = [
         "## This checkpoint",
@@ -472,8 +512,11 @@ def save_model_card(args, repo_folder: str, mixed_precision: str, validation_met
 
 def main(args):
     logging_dir = Path(args.output_dir, args.logging_dir)
+    # Gradient accumulation is done by hand (the generator's and the fake score's micro-batches interleave). Without
+    # an accelerator device, several launched processes train on the CPU (gloo), as `torchrun` or
+    # `accelerate launch --multi_gpu --num_processes N` start them.
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=not torch.accelerator.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
@@ -547,16 +590,19 @@ def main(args):
         generator = CausalWanTransformer3DModel.from_pretrained(
             args.pretrained_model_name_or_path, subfolder="transformer", **source
         )
-    real_score = fake_score = prompt_embeds = None
+    real_score = fake_score = prompt_embeds = negative_prompt_embeds = None
     if args.stage == 2:
         real_score = load_transformer(WanTransformer3DModel, args.real_score_model_name_or_path)
         fake_score = copy.deepcopy(real_score)
         prompt_embeds = load_prompt_embeds(args.prompt_embeds_path)
-        if prompt_embeds.shape[-1] != real_score.config.text_dim:
-            raise ValueError(
-                f"The prompt embedding has dimension {prompt_embeds.shape[-1]}, the real score expects "
-                f"{real_score.config.text_dim}."
-            )
+        if args.real_guidance_scale != 1:
+            negative_prompt_embeds = load_prompt_embeds(args.negative_prompt_embeds_path)
+        for embeds in (prompt_embeds, negative_prompt_embeds):
+            if embeds is not None and embeds.shape[-1] != real_score.config.text_dim:
+                raise ValueError(
+                    f"A prompt embedding has dimension {embeds.shape[-1]}, the real score expects "
+                    f"{real_score.config.text_dim}."
+                )
 
     for frozen in (vae, image_encoder, real_score):
         if frozen is not None:
@@ -607,11 +653,11 @@ def main(args):
         "eps": args.adam_epsilon,
     }
     optimizer = optimizer_cls(generator.parameters(), lr=args.learning_rate, **adam_kwargs)
+    if args.fake_score_learning_rate is None:
+        args.fake_score_learning_rate = args.learning_rate
     fake_optimizer = None
     if fake_score is not None:
-        fake_optimizer = optimizer_cls(
-            fake_score.parameters(), lr=args.fake_score_learning_rate or args.learning_rate, **adam_kwargs
-        )
+        fake_optimizer = optimizer_cls(fake_score.parameters(), lr=args.fake_score_learning_rate, **adam_kwargs)
 
     degradation = DegradationConfig(scale=args.upscale_factor)
     if args.degradation_config is not None:
@@ -636,7 +682,13 @@ def main(args):
     )
 
     overrode_max_train_steps = False
-    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    num_update_steps_per_epoch = len(train_dataloader) // batches_per_step(args)
+    if num_update_steps_per_epoch == 0:
+        raise ValueError(
+            f"One optimizer step takes {batches_per_step(args)} batches of {args.train_batch_size} clip(s) "
+            "(--gradient_accumulation_steps x (1 + --fake_score_updates in Stage II)), but an epoch has "
+            f"{len(train_dataloader)}: add clips or lower these settings."
+        )
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
         overrode_max_train_steps = True
@@ -651,7 +703,15 @@ def main(args):
         generator, optimizer, train_dataloader, lr_scheduler
     )
     if fake_score is not None:
-        fake_score, fake_optimizer = accelerator.prepare(fake_score, fake_optimizer)
+        fake_lr_scheduler = get_scheduler(
+            args.lr_scheduler,
+            optimizer=fake_optimizer,
+            num_warmup_steps=args.lr_warmup_steps * args.fake_score_updates * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * args.fake_score_updates * accelerator.num_processes,
+        )
+        fake_score, fake_optimizer, fake_lr_scheduler = accelerator.prepare(
+            fake_score, fake_optimizer, fake_lr_scheduler
+        )
 
     # Frozen models run in the mixed-precision dtype; trained weights stay in float32.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -659,11 +719,13 @@ def main(args):
     image_encoder.to(accelerator.device, dtype=weight_dtype)
     if real_score is not None:
         real_score.to(accelerator.device, dtype=weight_dtype)
-        prompt_embeds = prompt_embeds.to(accelerator.device, dtype=weight_dtype)
+        prompt_embeds = prompt_embeds.to(accelerator.device)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(accelerator.device)
     if dists is not None:
         dists.to(accelerator.device)
 
-    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    num_update_steps_per_epoch = len(train_dataloader) // batches_per_step(args)
     if overrode_max_train_steps:
         args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
@@ -683,6 +745,8 @@ def main(args):
     logger.info(f"  Instantaneous batch size per device = {args.train_batch_size}")
     logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
     logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    if fake_score is not None:
+        logger.info(f"  Fake-score updates per generator step = {args.fake_score_updates}")
     logger.info(f"  Total optimization steps = {args.max_train_steps}")
     global_step = 0
     first_epoch = 0
@@ -701,11 +765,12 @@ def main(args):
             args.resume_from_checkpoint = None
         else:
             accelerator.print(f"Resuming from checkpoint {path}")
+            check_resume_settings(os.path.join(args.output_dir, path), args, accelerator.num_processes)
             accelerator.load_state(os.path.join(args.output_dir, path))
             global_step = int(path.split("-")[1])
             first_epoch = global_step // num_update_steps_per_epoch
     initial_global_step = global_step
-    resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+    resume_batches = (global_step % num_update_steps_per_epoch) * batches_per_step(args)
 
     progress_bar = tqdm(
         range(0, args.max_train_steps),
@@ -714,8 +779,72 @@ def main(args):
         disable=not accelerator.is_local_main_process,
     )
     latent_window = tuple(size // vae.config.scale_factor_spatial for size in args.decode_window)
-    accumulated_losses, generated_samples = [], []
-    step_start = time.perf_counter()
+    accumulation = args.gradient_accumulation_steps
+
+    def generator_losses(batch, rng) -> dict[str, torch.Tensor]:
+        """Pixel supervision of one decoded latent window, plus DMD in Stage II; `"loss"` is their weighted sum."""
+        generated, hq = generate(generator, batch, vae, image_encoder, noise_scheduler, args)
+        window = random_latent_window(generated.shape[-2:], latent_window, generator=rng)
+        decoded = decode_latents(vae, window.crop(generated), args.gradient_checkpointing)
+        losses = pixel_losses(
+            (decoded.float() + 1) / 2,
+            window.crop(hq, vae.config.scale_factor_spatial),
+            dists,
+            args.mse_weight,
+            args.dists_weight,
+            args.temporal_weight,
+        )
+        loss = losses["pixel"]
+        if args.stage == 2:
+            # DMD over the adjacent chunks of the clip, scored by the full-attention T2V models.
+            batch_size = generated.shape[0]
+            timesteps, sigmas = sample_noise_levels(
+                noise_scheduler, batch_size, args.dmd_min_timestep, args.dmd_max_timestep, rng, generated.device
+            )
+            noise = torch.randn(generated.shape, generator=rng).to(generated.device)
+            negative = None if negative_prompt_embeds is None else negative_prompt_embeds.expand(batch_size, -1, -1)
+            losses["dmd"] = distribution_matching_loss(
+                generated,
+                real_score,
+                fake_score,
+                noise,
+                timesteps,
+                sigmas,
+                prompt_embeds.expand(batch_size, -1, -1),
+                negative,
+                args.real_guidance_scale,
+            )
+            loss = loss + args.dmd_weight * losses["dmd"]
+        return {**losses, "loss": loss}
+
+    def fake_score_losses(batch, rng) -> dict[str, torch.Tensor]:
+        """The fake score's flow-matching loss on fresh samples of the current generator."""
+        with torch.no_grad():
+            sample, _ = generate(generator, batch, vae, image_encoder, noise_scheduler, args)
+        timesteps, sigmas = sample_noise_levels(
+            noise_scheduler, sample.shape[0], args.dmd_min_timestep, args.dmd_max_timestep, rng, sample.device
+        )
+        noise = torch.randn(sample.shape, generator=rng).to(sample.device)
+        embeds = prompt_embeds.expand(sample.shape[0], -1, -1)
+        return {"loss": fake_score_loss(fake_score, sample, noise, timesteps, sigmas, embeds)}
+
+    def optimizer_step(model, optimizer, scheduler, batches, first_micro_batch, compute_losses) -> dict:
+        """One optimizer step of `model` over micro-batches (gradients synchronized with the last); mean losses."""
+        totals = {}
+        for index, batch in enumerate(batches):
+            rng = micro_batch_rng(args.seed, global_step, first_micro_batch + index, accelerator.process_index)
+            with accelerator.no_sync(model) if index < len(batches) - 1 else nullcontext():
+                with accelerator.autocast():
+                    losses = compute_losses(batch, rng)
+                accelerator.backward(losses["loss"] / len(batches))
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0) + value.detach().float() / len(batches)
+        if args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return totals
 
     for epoch in range(first_epoch, args.num_train_epochs):
         train_dataloader.set_epoch(epoch)
@@ -723,97 +852,36 @@ def main(args):
         if epoch == first_epoch and resume_batches:
             epoch_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
             epoch_dataloader.set_epoch(epoch)
-        for batch in epoch_dataloader:
-            rng = micro_batch_rng(args.seed, global_step, len(accumulated_losses), accelerator.process_index)
-            with accelerator.accumulate(generator):
-                with accelerator.autocast():
-                    latents, visual_prompt, hq = prepare_inputs(batch, vae, image_encoder, args.upscale_factor)
-                    batch_size = latents.shape[0]
-                    timestep = torch.full((batch_size,), noise_scheduler.timestep, device=latents.device)
-                    chunk_frames = None
-                    if args.stage == 2:
-                        chunk_frames = chunk_layout(latents.shape[2], args.chunk_latent_frames)
-                    velocity = generator(
-                        latents,
-                        timestep,
-                        visual_prompt,
-                        chunk_frames=chunk_frames,
-                        cache_frames=args.cache_frames,
-                        return_dict=False,
-                    )[0]
-                    generated = noise_scheduler.one_step(velocity.float(), latents)
-
-                    # Patch-wise pixel supervision: decode one latent window, compare with that window of the clip.
-                    window = random_latent_window(generated.shape[-2:], latent_window, generator=rng)
-                    decoded = decode_latents(vae, window.crop(generated), args.gradient_checkpointing)
-                    losses = pixel_losses(
-                        (decoded.float() + 1) / 2,
-                        window.crop(hq, vae.config.scale_factor_spatial),
-                        dists,
-                        args.mse_weight,
-                        args.dists_weight,
-                        args.temporal_weight,
-                    )
-                    loss = losses["pixel"]
-
-                    if args.stage == 2:
-                        # DMD over the adjacent chunks of the clip, scored by the full-attention T2V models.
-                        timesteps, sigmas = sample_noise_levels(
-                            noise_scheduler,
-                            batch_size,
-                            args.dmd_min_timestep,
-                            args.dmd_max_timestep,
-                            generator=rng,
-                            device=latents.device,
-                        )
-                        noise = torch.randn(generated.shape, generator=rng).to(generated.device)
-                        noisy = add_flow_noise(generated.detach(), noise, sigmas)
-                        embeds = prompt_embeds.expand(batch_size, -1, -1)
-                        with torch.no_grad():
-                            real_x0 = score_prediction(real_score, noisy.to(weight_dtype), timesteps, sigmas, embeds)
-                            fake_x0 = score_prediction(fake_score, noisy, timesteps, sigmas, embeds)
-                        losses["dmd"] = dmd_loss(generated, real_x0, fake_x0)
-                        loss = loss + args.dmd_weight * losses["dmd"]
-                        generated_samples.append(generated.detach())
-
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(generator.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            accumulated_losses.append({name: value.detach().float() for name, value in losses.items()})
-
-            if not accelerator.sync_gradients:
-                continue
-
+        for step_batches in group_batches(epoch_dataloader, batches_per_step(args)):
+            step_start = time.perf_counter()
+            # The generator first, then `--fake_score_updates` fake-score steps on batches of their own (DMD2).
+            losses = optimizer_step(
+                generator, optimizer, lr_scheduler, step_batches[:accumulation], 0, generator_losses
+            )
+            losses.pop("loss")
             if fake_score is not None:
-                fake_score_loss = update_fake_score(
-                    fake_score,
-                    fake_optimizer,
-                    generated_samples,
-                    prompt_embeds,
-                    noise_scheduler,
-                    args,
-                    accelerator,
-                    rng,
-                )
-                generated_samples.clear()
+                for update in range(1, args.fake_score_updates + 1):
+                    first = update * accumulation
+                    fake_losses = optimizer_step(
+                        fake_score,
+                        fake_optimizer,
+                        fake_lr_scheduler,
+                        step_batches[first : first + accumulation],
+                        first,
+                        fake_score_losses,
+                    )
+                losses["fake_score"] = fake_losses["loss"]  # the last update's
+            names = sorted(losses)
+            step_losses = accelerator.reduce(torch.stack([losses[name] for name in names]), reduction="mean")
+            logs = {f"loss/{name}": value.item() for name, value in zip(names, step_losses)}
 
             global_step += 1
             progress_bar.update(1)
-            names = sorted(accumulated_losses[0])
-            step_losses = torch.stack([sum(step[name] for step in accumulated_losses) for name in names])
-            step_losses = accelerator.reduce(step_losses / len(accumulated_losses), reduction="mean")
-            logs = {f"loss/{name}": value.item() for name, value in zip(names, step_losses)}
-            if fake_score is not None:
-                logs["loss/fake_score"] = accelerator.reduce(fake_score_loss, reduction="mean").item()
-            num_frames = len(accumulated_losses) * args.train_batch_size * args.num_frames * accelerator.num_processes
+            num_frames = len(step_batches) * args.train_batch_size * args.num_frames * accelerator.num_processes
             logs["frames_per_second"] = num_frames / (time.perf_counter() - step_start)
             logs["lr"] = lr_scheduler.get_last_lr()[0]
             accelerator.log(logs, step=global_step)
             progress_bar.set_postfix(loss=logs["loss/pixel"], fps=f"{logs['frames_per_second']:.2f}")
-            accumulated_losses = []
 
             if global_step % args.checkpointing_steps == 0:
                 if accelerator.is_main_process and args.checkpoints_total_limit is not None:
@@ -828,6 +896,9 @@ def main(args):
                             shutil.rmtree(os.path.join(args.output_dir, name))
                 save_path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
                 accelerator.save_state(save_path)
+                if accelerator.is_main_process:
+                    with open(os.path.join(save_path, "train_settings.json"), "w") as f:
+                        json.dump(resume_settings(args, accelerator.num_processes), f, indent=2)
                 logger.info(f"Saved state to {save_path}")
 
             if (
@@ -844,7 +915,6 @@ def main(args):
                 log_validation(pipeline, validation_clip, args, accelerator, global_step)
                 del pipeline
 
-            step_start = time.perf_counter()
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:

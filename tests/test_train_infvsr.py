@@ -1,6 +1,7 @@
 """Tests of examples/train_infvsr.py and diffusers_infvsr.training, with tiny random models on CPU."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -15,21 +16,28 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, load_script, smooth_video
 from diffusers import WanTransformer3DModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from diffusers_infvsr import CausalWanTransformer3DModel, InfVSRPipeline, WanVAEStream
+from diffusers_infvsr.metrics import DISTS
 from diffusers_infvsr.training import (
+    DegradationConfig,
     VideoClipDataset,
+    add_flow_noise,
     decode_latents,
+    distribution_matching_loss,
     dmd_loss,
+    fake_score_loss,
+    flow_matching_target,
     load_transformer,
     pixel_losses,
+    predict_clean_sample,
     replace_text_projection,
     sample_noise_levels,
+    temporal_difference_loss,
 )
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_infvsr.py"
 SCORE_TEXT_DIM = 24  # the score models' "umT5" dimension; the generator's DAPE dimension is TINY text_dim (16)
 
 
@@ -68,11 +76,15 @@ def assets(tmp_path_factory, tiny_pipeline_dir):
     # A Wan T2V pipeline layout (`transformer/` subfolder), as Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
     WanTransformer3DModel(**score_config).save_pretrained(root / "wan-t2v" / "transformer")
     save_file({"prompt_embeds": torch.randn(1, 8, SCORE_TEXT_DIM)}, root / "prompt_embeds.safetensors")
+    save_file({"prompt_embeds": torch.randn(1, 8, SCORE_TEXT_DIM)}, root / "negative_prompt_embeds.safetensors")
 
     clips = root / "clips"
     for index in range(2):
         write_frames(clips / f"{index:03d}", to_uint8_frames(smooth_video(33, 32, 32, seed=index)))
     write_video(clips / "002.mp4", to_uint8_frames(smooth_video(33, 32, 32, seed=2)))
+    for index in range(6):  # enough 9-frame clips for several generator + fake-score steps per epoch
+        write_frames(root / "many" / f"{index:03d}", to_uint8_frames(smooth_video(9, 32, 32, seed=10 + index)))
+    write_frames(root / "static" / "clip", to_uint8_frames(smooth_video(1, 32, 32, seed=3)).repeat(9, axis=0))
 
     # The overfitting clip decodes a constant latent with the pipeline's frozen VAE, so the one-step generator can
     # reach it exactly (the tiny random encoder passes little information about arbitrary content).
@@ -100,8 +112,9 @@ def base_args(assets, output_dir, stage: int = 1, data: str = "clips", num_frame
         "--dists_weight", 0, "--learning_rate", 1e-3, "--checkpointing_steps", 1000,
     ]  # fmt: skip
     if stage == 2:
-        args += ["--real_score_model_name_or_path", assets["wan_t2v"]]
+        args += ["--real_score_model_name_or_path", assets["wan_t2v"], "--fake_score_updates", 1]
         args += ["--prompt_embeds_path", assets["root"] / "prompt_embeds.safetensors"]
+        args += ["--negative_prompt_embeds_path", assets["root"] / "negative_prompt_embeds.safetensors"]
     return args
 
 
@@ -181,58 +194,107 @@ def test_stage2_trains_generator_and_fake_score_only(train_script, assets, monke
     assert {"transformer", "fake_score", "optimizer.bin", "optimizer_1.bin"} <= set(os.listdir(checkpoint))
 
 
-def test_resume_matches_uninterrupted_run(train_script, assets):
-    args = base_args(assets, assets["root"] / "resume-full", stage=2)
-    args += ["--max_train_steps", 4, "--checkpointing_steps", 2, "--checkpoints_total_limit", 2]
+def test_fake_score_updates_resume_exactly_on_fresh_samples(train_script, assets, monkeypatch):
+    calls = []  # (model, grad enabled, input) of every transformer forward
+    for cls in (CausalWanTransformer3DModel, WanTransformer3DModel):
+        monkeypatch.setattr(cls, "forward", recording(cls, cls.forward, calls))
+    args = base_args(assets, assets["root"] / "resume-full", stage=2, data="many")
+    args += ["--fake_score_updates", 2, "--fake_score_learning_rate", 3e-4, "--max_train_steps", 3]
+    args += ["--checkpointing_steps", 1]
     full = run_training(train_script, args)
 
-    # 3 clips per epoch: checkpoint-2 is in the middle of the first epoch.
+    # Each step: the generator's batch, then 2 fake-score updates, each generating on a batch of its own (no grad)
+    # and training the fake score on that sample; the real score runs twice (guidance), the fake score once for DMD.
+    step = [(name, grad) for name, grad, _ in calls[:8]]
+    assert step == [
+        ("CausalWanTransformer3DModel", True),
+        ("WanTransformer3DModel", False), ("WanTransformer3DModel", False), ("WanTransformer3DModel", False),
+        ("CausalWanTransformer3DModel", False), ("WanTransformer3DModel", True),
+        ("CausalWanTransformer3DModel", False), ("WanTransformer3DModel", True),
+    ]  # fmt: skip
+    generator_inputs = [inputs for name, _, inputs in calls[:8] if name == "CausalWanTransformer3DModel"]
+    assert not torch.equal(generator_inputs[1], generator_inputs[2])
+    assert all(not torch.equal(generator_inputs[0], other) for other in generator_inputs[1:])
+    assert len(calls) == 3 * 8
+
+    checkpoint = assets["root"] / "resume-full" / "checkpoint-2"
+    fake_optimizer = torch.load(checkpoint / "optimizer_1.bin", weights_only=False)
+    assert [group["lr"] for group in fake_optimizer["param_groups"]] == [3e-4]
+    settings = json.loads((checkpoint / "train_settings.json").read_text())
+    assert settings["fake_score_updates"] == 2 and settings["fake_score_learning_rate"] == 3e-4
+
+    # 6 clips, 3 batches per step: checkpoint-1 is in the middle of the first epoch.
     resumed_dir = assets["root"] / "resume-part"
-    shutil.copytree(assets["root"] / "resume-full" / "checkpoint-2", resumed_dir / "checkpoint-2")
+    shutil.copytree(assets["root"] / "resume-full" / "checkpoint-1", resumed_dir / "checkpoint-1")
     args[args.index("--output_dir") + 1] = resumed_dir
     resumed = run_training(train_script, [*args, "--resume_from_checkpoint", "latest"])
-
-    at_step_2 = CausalWanTransformer3DModel.from_pretrained(resumed_dir / "checkpoint-2", subfolder="transformer")
     for name in ("generator", "fake_score"):
         expected, actual = full[name].state_dict(), resumed[name].state_dict()
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
-    step_2 = at_step_2.state_dict()
-    assert any(not torch.equal(value, step_2[key]) for key, value in full["generator"].state_dict().items())
+    at_step_1 = CausalWanTransformer3DModel.from_pretrained(resumed_dir / "checkpoint-1", subfolder="transformer")
+    step_1 = at_step_1.state_dict()
+    assert any(not torch.equal(value, step_1[key]) for key, value in full["generator"].state_dict().items())
+
+    changed = [*args, "--resume_from_checkpoint", "checkpoint-1"]
+    changed[changed.index("--fake_score_updates", changed.index("--fake_score_updates") + 1) + 1] = 3
+    with pytest.raises(ValueError, match="fake_score_updates 2 -> 3"):
+        run_training(train_script, changed)
 
 
-def test_accelerate_launch(assets, tmp_path):
+def recording(cls, forward, calls):
+    def record(self, hidden_states, *args, **kwargs):
+        calls.append((cls.__name__, torch.is_grad_enabled(), hidden_states.detach().clone()))
+        return forward(self, hidden_states, *args, **kwargs)
+
+    return record
+
+
+def launch(args: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The README's launch command with 2 processes (on CPU, gloo), running the script through the rank worker."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command += [str(Path(__file__).parent / "train_launch_worker.py"), *map(str, args), "--report_to", "none"]
+    # A fresh HF_HOME: no `accelerate config` default file is read.
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_two_process_launch_keeps_ranks_identical_and_resumes_exactly(assets, tmp_path):
     output_dir = tmp_path / "launched"
-    args = base_args(assets, output_dir)
-    args += ["--max_train_steps", 2, "--gradient_accumulation_steps", 2, "--gradient_checkpointing", "--random_flip"]
+    args = base_args(assets, output_dir, stage=2, data="many")
+    args += ["--max_train_steps", 3, "--gradient_checkpointing", "--random_flip"]
     args += [
         "--checkpointing_steps",
         1,
         "--checkpoints_total_limit",
-        1,
+        2,
         "--dists_weight",
         1,
         "--dists_allow_untrained",
     ]
-    args += ["--validation_video", assets["root"] / "clips" / "002.mp4", "--validation_steps", 1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
-    command += [
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(SCRIPT),
-        *map(str, args),
-        "--report_to",
-        "none",
-    ]
-    # A fresh HF_HOME: no `accelerate config` default file is read.
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    args += ["--validation_video", assets["root"] / "clips" / "002.mp4", "--validation_steps", 3]
+    result = launch(args, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "fps=" in result.stderr  # throughput in the progress bar
-    assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint")) == ["checkpoint-2"]
-    assert (output_dir / "model_index.json").is_file() and (output_dir / "validation" / "step-2.mp4").is_file()
+    assert "Num processes: 2" in result.stderr and "MULTI_CPU" in result.stderr
+    assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-3"]
+    assert (output_dir / "model_index.json").is_file() and (output_dir / "validation" / "step-3.mp4").is_file()
     assert "PSNR" in (output_dir / "README.md").read_text()
+    ranks = [load_file(output_dir / f"rank{rank}.safetensors") for rank in (0, 1)]
+    initial = WanTransformer3DModel.from_pretrained(assets["wan_t2v"], subfolder="transformer").state_dict()
+    assert any(not torch.equal(value, initial[key[len("fake_score.") :]]) for key, value in ranks[0].items()
+               if key.startswith("fake_score."))  # fmt: skip
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(output_dir / "checkpoint-2", resumed_dir / "checkpoint-2")
+    args[args.index("--output_dir") + 1] = resumed_dir
+    result = launch([*args, "--resume_from_checkpoint", "latest"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    resumed = load_file(resumed_dir / "rank0.safetensors")
+    assert all(torch.equal(ranks[0][key], resumed[key]) for key in ranks[0])
 
 
 @pytest.mark.parametrize("missing", ["explicit", "default"])
@@ -258,6 +320,7 @@ def test_8bit_adam_needs_bitsandbytes(train_script, assets, tmp_path):
     "change, message",
     [
         (["--stage", "2"], "real_score_model_name_or_path"),
+        (["--stage", "2", "--real_score_model_name_or_path", "x", "--prompt_embeds_path", "p"], "negative_prompt"),
         (["--num_frames", "10"], "1 \\+ 4k"),
         (["--resolution", "40", "48"], "multiples of 16"),
         (["--decode_window", "12", "16"], "multiples of 8"),
@@ -335,3 +398,95 @@ def test_dataset_windows_are_reproducible(assets):
     assert not all(torch.equal(items[i]["hq_frames"], again[i]["hq_frames"]) for i in range(3))
     with pytest.raises(ValueError, match="at least 40 frames"):
         VideoClipDataset(assets["root"] / "clips", num_frames=40)
+
+
+def test_flow_noise_is_the_linear_interpolation():
+    sample, noise, sigmas = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2), torch.tensor([0.0, 0.25, 1.0])
+    noisy = add_flow_noise(sample, noise, sigmas)
+    for index, sigma in enumerate(sigmas.tolist()):
+        torch.testing.assert_close(noisy[index], (1 - sigma) * sample[index] + sigma * noise[index])
+
+
+def test_fake_score_target_is_the_flow_velocity():
+    sample, noise = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64), torch.randn(2, 4, 3, 4, 4, dtype=torch.float64)
+    sigma, step = torch.tensor([0.3, 0.6], dtype=torch.float64), 1e-6
+    derivative = (add_flow_noise(sample, noise, sigma + step) - add_flow_noise(sample, noise, sigma - step)) / (
+        2 * step
+    )
+    torch.testing.assert_close(flow_matching_target(sample, noise), derivative)
+
+    class Echo(torch.nn.Module):  # predicts x_t itself
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, noisy, timestep, context, return_dict=False):
+            return (noisy * self.weight,)
+
+    sample, noise, sigmas = sample.float(), noise.float(), sigma.float()
+    loss = fake_score_loss(Echo(), sample, noise, sigmas * 1000, sigmas, torch.zeros(2, 1, 1))
+    noisy = (1 - sigmas.view(-1, 1, 1, 1, 1)) * sample + sigmas.view(-1, 1, 1, 1, 1) * noise
+    torch.testing.assert_close(loss, ((noisy - (noise - sample)) ** 2).mean())
+
+
+def test_temporal_loss_compares_frame_differences():
+    target = torch.randn(1, 3, 5, 4, 4)
+    frames = torch.arange(5.0).view(1, 1, 5, 1, 1)
+    rows = torch.arange(4.0).view(1, 1, 1, 4, 1)
+    # A drift of 0.5 per frame changes every temporal difference by 0.5; a ramp over the rows changes none.
+    torch.testing.assert_close(temporal_difference_loss(target + 0.5 * frames, target), torch.tensor(0.25))
+    torch.testing.assert_close(temporal_difference_loss(target + rows, target), torch.tensor(0.0))
+
+
+def test_dataset_degrades_each_clip_with_one_parameter_set(assets):
+    noiseless = {"gaussian_sigma": (0.0, 0.0), "poisson_scale": (0.0, 0.0)}
+    config = DegradationConfig.from_dict({"first": noiseless, "second": noiseless, "video_compression_prob": 0.0})
+    for seed in range(4):
+        dataset = VideoClipDataset(assets["root"] / "static", num_frames=9, resolution=(32, 32), degradation=config,
+                                   seed=seed)  # fmt: skip
+        lq = dataset[0]["lq_frames"]
+        assert all(torch.equal(frame, lq[0]) for frame in lq), seed
+
+
+def test_pixel_losses_run_in_float32_under_autocast():
+    torch.manual_seed(0)
+    dists = DISTS.from_pretrained(allow_untrained=True)
+    prediction = torch.rand(1, 3, 3, 32, 32, requires_grad=True)
+    target = (prediction.detach() + 0.05 * torch.randn_like(prediction)).clamp(0, 1)
+    (reference,) = torch.autograd.grad(pixel_losses(prediction, target, dists)["pixel"], prediction)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = pixel_losses(prediction, target, dists)
+    (gradient,) = torch.autograd.grad(losses["pixel"], prediction)
+    assert losses["dists"].dtype == torch.float32
+    torch.testing.assert_close(gradient, reference, rtol=1e-5, atol=1e-9)
+
+
+def test_real_score_guidance_formula():
+    class Scaled(torch.nn.Module):  # velocity = x_t * mean(context)
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, noisy, timestep, context, return_dict=False):
+            return (noisy * context.mean() * self.weight,)
+
+    noisy, sigmas = torch.randn(2, 4, 3, 2, 2), torch.tensor([0.2, 0.7])
+    cond, negative = torch.full((2, 1, 1), 3.0), torch.full((2, 1, 1), -1.0)
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    x0_cond, x0_negative = noisy - s * noisy * 3.0, noisy - s * noisy * -1.0
+    guided = predict_clean_sample(Scaled(), noisy, sigmas * 1000, sigmas, cond, negative, guidance_scale=4.0)
+    torch.testing.assert_close(guided, x0_negative + 4.0 * (x0_cond - x0_negative))
+    torch.testing.assert_close(predict_clean_sample(Scaled(), noisy, sigmas * 1000, sigmas, cond), x0_cond)
+
+
+def test_dmd_gradient_is_zero_when_real_and_fake_are_one_bf16_network():
+    torch.manual_seed(0)
+    score = WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, "text_dim": SCORE_TEXT_DIM}).to(torch.bfloat16)
+    generated = torch.randn(1, 4, 3, 4, 4, requires_grad=True)
+    noise, sigmas = torch.randn(1, 4, 3, 4, 4), torch.tensor([0.55])
+    cond = torch.randn(1, 8, SCORE_TEXT_DIM)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # The negative prompt equal to the conditional one: the guided real prediction is the fake one.
+        loss = distribution_matching_loss(generated, score, score, noise, sigmas * 1000, sigmas, cond, cond, 4.0)
+    (gradient,) = torch.autograd.grad(loss, generated)
+    assert gradient.abs().max() == 0

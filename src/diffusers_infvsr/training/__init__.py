@@ -12,6 +12,7 @@ from .degradations import (
     sample_degradation_params,
     video_compress,
 )
+from .distillation import distribution_matching_loss, fake_score_loss, flow_matching_target, predict_clean_sample
 from .losses import (
     LatentWindow,
     add_flow_noise,
@@ -37,12 +38,16 @@ __all__ = [
     "decode_latents",
     "degrade",
     "degrade_video",
+    "distribution_matching_loss",
     "dmd_loss",
+    "fake_score_loss",
+    "flow_matching_target",
     "find_clips",
     "jpeg_compress",
     "load_frames",
     "load_transformer",
     "pixel_losses",
+    "predict_clean_sample",
     "random_latent_window",
     "replace_text_projection",
     "sample_degradation_params",

@@ -364,8 +364,9 @@ def video_compress(frames: np.ndarray, codec: str, bitrate: int, rate: int = 1) 
     r"""
     Encode `(T, H, W, 3)` RGB frames in [0, 1] as one video stream with FFmpeg's `codec` (through PyAV, in memory,
     yuv420p, single-threaded so the result is reproducible) at `bitrate` bits/s and `rate` frames per second (1, as
-    RealBasicVSR: one frame per second of budget), and decode it back. Odd sizes are padded by replication for the
-    chroma subsampling and cropped back.
+    RealBasicVSR: one frame per second of budget), and decode it back. Frames are padded by replication to whole
+    16 x 16 macroblocks and cropped back. On frames of fewer than 64 macroblocks, libx264's macroblock-tree rate
+    control is turned off: there its output is not reproducible from run to run.
 
     Example:
 
@@ -376,10 +377,12 @@ def video_compress(frames: np.ndarray, codec: str, bitrate: int, rate: int = 1) 
     ```
     """
     num_frames, height, width = frames.shape[:3]
-    padded = np.pad(_to_uint8(frames), ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    padded = np.pad(_to_uint8(frames), ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)), mode="edge")
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=rate, options={"threads": "1"})
+        if stream.codec_context.name == "libx264" and padded.shape[1] * padded.shape[2] < 64 * 16 * 16:
+            stream.codec_context.options = {**stream.codec_context.options, "x264-params": "mbtree=0"}
         stream.width, stream.height = padded.shape[2], padded.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.bit_rate = int(bitrate)
@@ -434,7 +437,9 @@ def degrade_video(frames: torch.Tensor, params: DegradationParams, scale: int = 
     frames = _order(frames, params.second, rng)
     if params.compress_before_final_resize:
         frames = _compress(frames, params.second)
-    frames = _blur(_resize(frames, (height // scale, width // scale), params.final_resize_mode), params.final_sinc_kernel)
+    frames = _blur(
+        _resize(frames, (height // scale, width // scale), params.final_resize_mode), params.final_sinc_kernel
+    )
     if not params.compress_before_final_resize:
         frames = _compress(frames, params.second)
     return torch.from_numpy(_to_uint8(frames)).permute(0, 3, 1, 2).contiguous()

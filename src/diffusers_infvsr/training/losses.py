@@ -92,19 +92,22 @@ def pixel_losses(
     temporal_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     r"""
-    InfVSR's `L_pix = MSE + DISTS + temporal difference` between clips `(B, 3, T, H, W)` in [0, 1] (weighted).
+    InfVSR's `L_pix = MSE + DISTS + temporal difference` between clips `(B, 3, T, H, W)` in [0, 1] (weighted), in
+    float32 with autocast disabled, whatever the caller's autocast.
 
     Returns:
         `dict`: `"mse"`, `"temporal"`, `"dists"` (when `dists` is given and its weight is not 0) and their weighted sum
         `"pixel"`.
     """
-    prediction, target = prediction.float(), target.float()
-    losses = {"mse": F.mse_loss(prediction, target), "temporal": temporal_difference_loss(prediction, target)}
-    total = mse_weight * losses["mse"] + temporal_weight * losses["temporal"]
-    if dists is not None and dists_weight != 0:
-        frames = prediction.transpose(1, 2).flatten(0, 1), target.transpose(1, 2).flatten(0, 1)
-        losses["dists"] = dists(*frames, batch_average=True)
-        total = total + dists_weight * losses["dists"]
+    # Float32 with autocast off: DISTS's VGG features under bf16 autocast give gradients far from the float32 ones.
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        prediction, target = prediction.float(), target.float()
+        losses = {"mse": F.mse_loss(prediction, target), "temporal": temporal_difference_loss(prediction, target)}
+        total = mse_weight * losses["mse"] + temporal_weight * losses["temporal"]
+        if dists is not None and dists_weight != 0:
+            frames = prediction.transpose(1, 2).flatten(0, 1), target.transpose(1, 2).flatten(0, 1)
+            losses["dists"] = dists(*frames, batch_average=True)
+            total = total + dists_weight * losses["dists"]
     losses["pixel"] = total
     return losses
 
