@@ -116,7 +116,8 @@ class CausalSelfAttentionInputs:
 
     Args:
         freqs_cos, freqs_sin (`torch.Tensor`): RoPE tables of the query tokens, `(1, seq_len, 1, head_dim)`.
-        attention_mask (`torch.Tensor`, *optional*): boolean mask `(1, 1, seq_len, seq_len)`, `True` = attend.
+        chunk_token_ranges (`list[tuple[int, int, int]]`, *optional*): block-causal mode: for each chunk,
+            `(query_start, query_end, key_start)` in tokens; its queries attend to the keys `[key_start, query_end)`.
         past_cache (`CausalWanKVCache`, *optional*): keys/values to prepend (streaming mode).
         new_cache (`CausalWanKVCache`, *optional*): receives each layer's trimmed keys/values (streaming mode).
         keep_tokens (`int`): number of trailing key/value tokens to store in `new_cache`.
@@ -124,7 +125,7 @@ class CausalSelfAttentionInputs:
 
     freqs_cos: torch.Tensor
     freqs_sin: torch.Tensor
-    attention_mask: torch.Tensor | None = None
+    chunk_token_ranges: list[tuple[int, int, int]] | None = None
     past_cache: CausalWanKVCache | None = None
     new_cache: CausalWanKVCache | None = None
     keep_tokens: int = 0
@@ -144,9 +145,10 @@ def apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs
 class CausalWanAttnProcessor:
     r"""
     Self-attention of [`CausalWanTransformer3DModel`]: Wan's q/k RMSNorm and RoPE, then attention of the chunk's
-    queries over `[cached keys, chunk keys]` (streaming) or over the whole sequence under a block-banded mask. Runs
-    through [`~diffusers.models.attention_dispatch.dispatch_attention_fn`], so `set_attention_backend` applies; the
-    masked mode needs a backend that accepts dense masks (the default native one does).
+    queries over `[cached keys, chunk keys]` (streaming), or, over a whole sequence of chunks (block-causal mode), one
+    unmasked attention per chunk of its queries over its visible keys `[previous cache_frames frames, chunk]`. Runs
+    through [`~diffusers.models.attention_dispatch.dispatch_attention_fn`], so `set_attention_backend` applies; no
+    mode needs an attention mask, so every backend (flash included) runs all of them.
     """
 
     _attention_backend = None
@@ -186,20 +188,31 @@ class CausalWanAttnProcessor:
             inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:].clone()
             inputs.new_cache.value_states[self.layer_index] = value[:, first_kept:].clone()
 
-        hidden_states = dispatch_attention_fn(
+        if inputs.chunk_token_ranges is not None:
+            hidden_states = torch.cat(
+                [
+                    self._attention(query[:, start:end], key[:, key_start:end], value[:, key_start:end])
+                    for start, end, key_start in inputs.chunk_token_ranges
+                ],
+                dim=1,
+            )
+        else:
+            hidden_states = self._attention(query, key, value)
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
+
+    def _attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return dispatch_attention_fn(
             query,
             key,
             value,
-            attn_mask=inputs.attention_mask,
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
             parallel_config=None,
         )
-        hidden_states = hidden_states.flatten(2, 3).type_as(query)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        return hidden_states
 
 
 class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
@@ -241,12 +254,39 @@ class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
         return grid_table(time_cos, height_cos, width_cos), grid_table(time_sin, height_sin, width_sin)
 
 
+def block_causal_chunk_token_ranges(
+    chunk_frames: list[int], tokens_per_frame: int, cache_frames: int
+) -> list[tuple[int, int, int]]:
+    r"""
+    The block-causal attention layout as `(query_start, query_end, key_start)` token ranges, one per chunk: the
+    queries of each chunk see the chunk itself and the `cache_frames` latent frames before it, as when streaming with
+    a [`CausalWanKVCache`].
+
+    Example:
+
+    ```py
+    >>> block_causal_chunk_token_ranges([3, 3, 1], tokens_per_frame=4, cache_frames=2)
+    [(0, 12, 0), (12, 24, 4), (24, 28, 16)]
+    ```
+    """
+    ranges, start = [], 0
+    for frames in chunk_frames:
+        end = start + frames
+        ranges.append(
+            (start * tokens_per_frame, end * tokens_per_frame, max(0, start - cache_frames) * tokens_per_frame)
+        )
+        start = end
+    return ranges
+
+
 def block_causal_attention_mask(
     chunk_frames: list[int], tokens_per_frame: int, cache_frames: int, device: torch.device | None = None
 ) -> torch.Tensor:
     r"""
     Boolean mask `(1, 1, seq_len, seq_len)` under which a full-sequence forward equals streaming with a
     [`CausalWanKVCache`]: the queries of each chunk see the chunk itself and the `cache_frames` latent frames before it.
+    The dense form of [`block_causal_chunk_token_ranges`], for attention code that takes masks; the model itself
+    attends chunk by chunk and never builds it.
 
     Args:
         chunk_frames (`list[int]`): latent frames of each chunk, in order.
@@ -292,8 +332,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
 
     - `kv_cache=CausalWanKVCache(...)`: streaming. The input is one chunk; its queries attend over the cached keys and
       values of the previous `cache_frames` latent frames plus its own. Returns the prediction and a new cache.
-    - `chunk_frames=[...]`: block-causal full sequence (training). One call over many chunks with a block-banded mask,
-      numerically equal to streaming those chunks.
+    - `chunk_frames=[...]`: block-causal full sequence (training). One call over many chunks, each chunk's queries
+      attending to their visible keys only (no dense mask), numerically equal to streaming those chunks.
     - neither: full attention over the input, like the parent model.
 
     The temporal RoPE index is absolute (`frame_offset`, or the cache's `next_frame`) and unbounded; height and width
@@ -420,8 +460,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
             self_attention_inputs.new_cache = new_cache
             self_attention_inputs.keep_tokens = kept_frames * tokens_per_frame
         elif chunk_frames is not None:
-            self_attention_inputs.attention_mask = block_causal_attention_mask(
-                chunk_frames, tokens_per_frame, cache_frames, device=hidden_states.device
+            self_attention_inputs.chunk_token_ranges = block_causal_chunk_token_ranges(
+                chunk_frames, tokens_per_frame, cache_frames
             )
 
         hidden_states = self.patch_embedding(hidden_states)
