@@ -119,7 +119,7 @@ def main():
             torch.cuda.synchronize()
 
     step()  # warm-up
-    times, peaks = [], []
+    times, cpu_times, peaks = [], [], []
     for _ in range(args.repeats):
         model.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -128,9 +128,10 @@ def main():
         else:
             Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
             before = rss_kib("VmRSS") * 1024
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_kib("VmHWM") * 1024
         peaks.append(peak - before)
 
@@ -149,11 +150,14 @@ def main():
         "config": {**vars(args), "tokens": tokens, "chunks": chunks, "dense_mask_bytes": tokens * tokens},
         "step_s": times,
         "median_step_s": sorted(times)[len(times) // 2],
+        "cpu_step_s": cpu_times,
+        "median_cpu_step_s": sorted(cpu_times)[len(cpu_times) // 2],
         "peak_memory_growth_bytes": peaks,
         "median_peak_memory_growth_mib": sorted(peaks)[len(peaks) // 2] / 2**20,
     }
     print(
-        f"{tokens} tokens, chunks {chunks}: median step {result['median_step_s']:.2f} s, peak memory growth "
+        f"{tokens} tokens, chunks {chunks}: median step {result['median_step_s']:.2f} s (CPU time "
+        f"{result['median_cpu_step_s']:.2f} s), peak memory growth "
         f"{result['median_peak_memory_growth_mib']:.0f} MiB ({args.device}, {args.dtype}, {args.threads} thread(s))"
     )
     label = args.label or result["commit"].replace("+", "-")

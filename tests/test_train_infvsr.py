@@ -453,12 +453,24 @@ def test_pixel_losses_run_in_float32_under_autocast():
     dists = DISTS.from_pretrained(allow_untrained=True)
     prediction = torch.rand(1, 3, 3, 32, 32, requires_grad=True)
     target = (prediction.detach() + 0.05 * torch.randn_like(prediction)).clamp(0, 1)
-    (reference,) = torch.autograd.grad(pixel_losses(prediction, target, dists)["pixel"], prediction)
+    weights = {"mse_weight": 0.0, "temporal_weight": 0.0}  # DISTS alone: the other terms' gradients are larger
+    (reference,) = torch.autograd.grad(pixel_losses(prediction, target, dists, **weights)["pixel"], prediction)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = pixel_losses(prediction, target, dists)
+        losses = pixel_losses(prediction, target, dists, **weights)
     (gradient,) = torch.autograd.grad(losses["pixel"], prediction)
-    assert losses["dists"].dtype == torch.float32
+    assert losses["dists"].dtype == torch.float32 and reference.abs().max() > 0
     torch.testing.assert_close(gradient, reference, rtol=1e-5, atol=1e-9)
+
+    # MSE and the temporal loss too: their gradients are exact float32 differences.
+    prediction_bf16_autocast = prediction.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total = pixel_losses(prediction_bf16_autocast, target, dists=None)["pixel"]
+    (gradient,) = torch.autograd.grad(total, prediction_bf16_autocast)
+    difference = prediction.detach() - target
+    expected = 2 * difference / difference.numel()
+    expected[:, :, 1:] += 2 * difference.diff(dim=2) / difference[:, :, 1:].numel()
+    expected[:, :, :-1] -= 2 * difference.diff(dim=2) / difference[:, :, 1:].numel()
+    torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-9)
 
 
 def test_real_score_guidance_formula():
