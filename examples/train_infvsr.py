@@ -419,7 +419,11 @@ def resume_settings(args, num_processes: int) -> dict:
 
 def check_resume_settings(checkpoint: str, args, num_processes: int) -> None:
     """Refuse to resume a checkpoint with settings other than those it was trained with."""
-    with open(os.path.join(checkpoint, "train_settings.json")) as f:
+    path = os.path.join(checkpoint, "train_settings.json")
+    if not os.path.isfile(path):
+        logger.warning(f"{checkpoint} has no train_settings.json: resuming without checking the settings.")
+        return
+    with open(path) as f:
         saved = json.load(f)
     current = resume_settings(args, num_processes)
     changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
@@ -846,6 +850,7 @@ def main(args):
         optimizer.zero_grad(set_to_none=True)
         return totals
 
+    step_start = time.perf_counter()  # throughput includes data loading, as the previous step ends
     for epoch in range(first_epoch, args.num_train_epochs):
         train_dataloader.set_epoch(epoch)
         epoch_dataloader = train_dataloader
@@ -853,7 +858,6 @@ def main(args):
             epoch_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
             epoch_dataloader.set_epoch(epoch)
         for step_batches in group_batches(epoch_dataloader, batches_per_step(args)):
-            step_start = time.perf_counter()
             # The generator first, then `--fake_score_updates` fake-score steps on batches of their own (DMD2).
             losses = optimizer_step(
                 generator, optimizer, lr_scheduler, step_batches[:accumulation], 0, generator_losses
@@ -915,6 +919,7 @@ def main(args):
                 log_validation(pipeline, validation_clip, args, accelerator, global_step)
                 del pipeline
 
+            step_start = time.perf_counter()
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
