@@ -888,21 +888,22 @@ def main(args):
             progress_bar.set_postfix(loss=logs["loss/pixel"], fps=f"{logs['frames_per_second']:.2f}")
 
             if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                    checkpoints = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint")]
-                    checkpoints = sorted(checkpoints, key=lambda x: int(x.split("-")[1]))
-                    # Keep at most `checkpoints_total_limit` checkpoints once the new one is saved.
-                    if len(checkpoints) >= args.checkpoints_total_limit:
-                        num_to_remove = len(checkpoints) - args.checkpoints_total_limit + 1
-                        removing = checkpoints[:num_to_remove]
-                        logger.info(f"Removing {len(removing)} checkpoints: {', '.join(removing)}")
-                        for name in removing:
-                            shutil.rmtree(os.path.join(args.output_dir, name))
                 save_path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
                 accelerator.save_state(save_path)
                 if accelerator.is_main_process:
                     with open(os.path.join(save_path, "train_settings.json"), "w") as f:
                         json.dump(resume_settings(args, accelerator.num_processes), f, indent=2)
+                # Prune only once every process has written the new checkpoint: listing the folder earlier could see
+                # another process's half-made new checkpoint and delete one checkpoint too many.
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+                    checkpoints = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint")]
+                    checkpoints = sorted(checkpoints, key=lambda x: int(x.split("-")[1]))
+                    removing = checkpoints[: max(0, len(checkpoints) - args.checkpoints_total_limit)]
+                    if removing:
+                        logger.info(f"Removing {len(removing)} checkpoints: {', '.join(removing)}")
+                    for name in removing:
+                        shutil.rmtree(os.path.join(args.output_dir, name))
                 logger.info(f"Saved state to {save_path}")
 
             if (

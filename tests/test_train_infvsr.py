@@ -278,7 +278,8 @@ def test_two_process_launch_keeps_ranks_identical_and_resumes_exactly(assets, tm
     assert result.returncode == 0, result.stderr[-4000:]
     assert "fps=" in result.stderr  # throughput in the progress bar
     assert "Num processes: 2" in result.stderr and "MULTI_CPU" in result.stderr
-    assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-3"]
+    checkpoints = sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-3"], (checkpoints, result.stderr[-3000:])
     assert (output_dir / "model_index.json").is_file() and (output_dir / "validation" / "step-3.mp4").is_file()
     assert "PSNR" in (output_dir / "README.md").read_text()
     ranks = [load_file(output_dir / f"rank{rank}.safetensors") for rank in (0, 1)]
