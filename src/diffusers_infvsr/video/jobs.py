@@ -21,12 +21,18 @@ Layout of the job folder `.NAME.infvsr-partial/`:
   then) and belong at PTS (the input's time base, counted from the first frame of the job).
 - `checkpoint-FFFFFFFFF.pt`: stream state after F frames and the segments holding them; the newest two are kept.
 - `video.mp4` + `joined.json`: all segments joined once every frame is done; only the final mux is left.
+
+torch and the pipeline are imported where frames are restored, so that every check before a job (`check_job`, the
+lock) answers without them.
 """
+
+from __future__ import annotations
 
 import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,13 +41,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from diffusers.utils import logging
 
-from ..pipeline_infvsr import InfVSRPipeline
-from ..scenes import SceneMarker
 from .reading import (
     HDR_TRANSFERS,
     DamagedVideoError,
@@ -62,7 +65,10 @@ from .writing import (
 )
 
 
-logger = logging.get_logger(__name__)
+if TYPE_CHECKING:
+    from ..pipeline_infvsr import InfVSRPipeline
+
+logger = logging.getLogger(__name__)
 
 JOB_FORMAT = 2  # bump when the job folder's layout changes
 MAX_OUTPUT_SIDE = 8192  # H.264 level 6.2 (the highest) allows at most 8192 pixels a side
@@ -142,6 +148,13 @@ class JobLock:
         return False
 
     def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._acquire()
+        except OSError as error:
+            raise VideoFileError(f"Cannot write to the output folder {self.path.parent}: {error.strerror}.") from error
+
+    def _acquire(self) -> None:
         while True:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -200,6 +213,8 @@ def input_fingerprint(path: str | os.PathLike, block: int = 1 << 20, samples: in
 def model_fingerprint(pipe: InfVSRPipeline) -> str:
     r"""A fingerprint of the pipeline's weights (names, shapes, dtypes and up to 4096 values of every tensor), the same
     whichever path or Hub id they were loaded from."""
+    import torch
+
     digest = hashlib.blake2b(digest_size=16)
     for component in ("transformer", "vae", "image_encoder"):
         for name, tensor in getattr(pipe, component).state_dict().items():
@@ -255,6 +270,8 @@ class JobFolder:
         return sorted(self.path.glob("checkpoint-*.pt"), reverse=True)
 
     def save_checkpoint(self, stream_state: dict) -> None:
+        import torch
+
         path = self.path / f"checkpoint-{stream_state['frames_done']:09d}.pt"
         write_atomically(path, lambda file: torch.save({"stream": stream_state, "segments": self.segments}, file))
         for old in self.checkpoints()[2:]:
@@ -263,6 +280,8 @@ class JobFolder:
     def load_checkpoint(self) -> dict | None:
         r"""The newest checkpoint that loads and whose segments are all there (a damaged newest one falls back to
         the one before it); segments written after it are deleted."""
+        import torch
+
         for path in self.checkpoints():
             try:
                 checkpoint = torch.load(path, weights_only=True)
@@ -596,6 +615,10 @@ def _run_job(
 
 def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, allow_damaged):
     """Restore every frame into segments, then join them into `video.mp4`; return the scene marker and the join."""
+    import torch
+
+    from ..scenes import SceneMarker
+
     upscale_factor, start, max_frames = settings["upscale_factor"], settings["start"], settings["max_frames"]
     resumed_from = state.frames_done if state else 0
     timestamps: deque[tuple[int, float]] = deque()  # (pts, seconds) of frames read and not yet written

@@ -230,11 +230,27 @@ def check_integrity(path: str | os.PathLike) -> None:
         if stream.frames and count < stream.frames:
             message = f"the container lists {stream.frames} frames but only {count} are present (truncated)"
             raise DamagedVideoError(_damage_hint(path, count, None).format(message), count)
-        if stream.duration and end is not None and stream.start_time is not None:
-            promised = (stream.start_time + stream.duration) * stream.time_base
-            if promised - end > 1.5 / rate:
-                message = f"the video stops at {float(end):.3f} s of the {float(promised):.3f} s the container lists"
-                raise DamagedVideoError(_damage_hint(path, count, float(end)).format(message + " (truncated)"), count)
+        promised = _promised_end(container, stream)
+        if promised is not None and end is not None and promised - end > Fraction(3, 2) / rate:
+            message = f"the video stops at {float(end):.3f} s of the {float(promised):.3f} s the container lists"
+            raise DamagedVideoError(_damage_hint(path, count, float(end)).format(message + " (truncated)"), count)
+        if container.format.name == "mpegts" and all(os.path.getsize(path) % size for size in (188, 192, 204)):
+            message = "the file ends inside a transport-stream packet (truncated)"
+            raise DamagedVideoError(_damage_hint(path, count, None).format(message), count)
+
+
+def _promised_end(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction | None:
+    """End of the video stream in seconds as the container's header states it, if it does."""
+    start = (stream.start_time or 0) * stream.time_base
+    if stream.duration:
+        return start + stream.duration * stream.time_base
+    tag = stream.metadata.get("DURATION")  # Matroska's per-stream duration, "HH:MM:SS.nnnnnnnnn"
+    if tag:
+        hours, minutes, seconds = tag.split(":")
+        return Fraction(int(hours) * 3600 + int(minutes) * 60) + Fraction(seconds)
+    if container.duration and container.format.name.startswith("matroska"):
+        return Fraction(container.duration, av.time_base) + start
+    return None
 
 
 @dataclass
