@@ -251,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
         if _already_done(output_path, args):
             print(f"{output_path} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
             return EXIT_OK
-        source = check_job(input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged)
+        source = check_job(
+            input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start
+        )
         if source.interlaced:
             print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
         with JobLock(output_path):  # refuse now if another run holds it

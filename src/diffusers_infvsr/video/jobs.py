@@ -410,11 +410,12 @@ def check_job(
     crf: int = 18,
     overwrite: bool = False,
     allow_damaged: bool = False,
+    start: float = 0.0,
 ) -> VideoInfo:
     r"""
     Every check of a job that needs no model, so that a command can fail before loading one: the output's name and
-    type, the input (readable, SDR, intact unless `allow_damaged`), the output frame size, and whether the input's
-    other streams fit the output container. Returns the input's [`VideoInfo`].
+    type, the input (readable, SDR, intact unless `allow_damaged`, with frames after `start`), the output frame
+    size, and whether the input's other streams fit the output container. Returns the input's [`VideoInfo`].
 
     Raises:
         `VideoFileError`: with a message that says what to do.
@@ -439,6 +440,8 @@ def check_job(
     check_output_size(source.width, source.height, upscale_factor)
     if not allow_damaged:
         check_integrity(input_path)
+    if start > 0 and next(decode_frames(input_path, start, 1, allow_damaged), None) is None:
+        raise VideoFileError(f"{input_path} has no video frames after {start} s.")
     check_stream_copy(source, str(output_path))
     return source
 
@@ -551,7 +554,7 @@ def upscale_video(
     """
     input_path, output_path = os.fspath(input_path), Path(output_path)
     pipe.check_inputs(upscale_factor)
-    source = check_job(input_path, output_path, upscale_factor, crf, overwrite, allow_damaged)
+    source = check_job(input_path, output_path, upscale_factor, crf, overwrite, allow_damaged, start)
     if source.interlaced:
         logger.warning(interlaced_warning(source))
     _check_model_frame_size(pipe, source.width, source.height, upscale_factor)
@@ -663,8 +666,6 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
             frames_written += 1
             last = (pts, seconds)
         output.close_segment()
-        if last is None:
-            raise VideoFileError(f"{source.path} has no video frames" + (f" after {start} s." if start else "."))
         next_frame = timestamps[0][1] if timestamps else None
         frame_duration = (next_frame - last[1]) if next_frame else float(1 / source.fps)
         joined = {

@@ -253,6 +253,19 @@ def _promised_end(container: av.container.InputContainer, stream: av.VideoStream
     return None
 
 
+def _seek_lands_before(path: str, target: int, threshold: float) -> bool:
+    """Whether seeking to `target` starts decoding at or before `threshold` (the seek is exact enough to use).
+    Containers without an index (e.g. MPEG-TS) can land after it; those are then decoded from the start."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            container.seek(target, stream=stream, backward=True)
+            first = next(container.decode(stream), None)
+        except av.FFmpegError:
+            return False
+        return first is not None and first.pts is not None and first.pts <= threshold
+
+
 @dataclass
 class DecodedFrame:
     r"""
@@ -294,9 +307,9 @@ def decode_frames(
         time_base = stream.time_base
         origin = stream.start_time or 0
         color = None
-        if start > 0:
-            container.seek(origin + int(start / time_base), stream=stream, backward=True)
         threshold = origin + start / time_base - Fraction(1, 2) / (stream.average_rate or 1000) / time_base
+        if start > 0 and _seek_lands_before(path, origin + int(start / time_base), threshold):
+            container.seek(origin + int(start / time_base), stream=stream, backward=True)
         size, count, sent, last_pts, interlaced = None, 0, 0, None, False
 
         def damaged(what: str) -> DamagedVideoError:
