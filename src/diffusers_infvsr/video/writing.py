@@ -155,7 +155,7 @@ def check_stream_copy(source: VideoInfo, output_path: str) -> None:
     """
     with tempfile.TemporaryDirectory() as scratch:
         arguments = ["-f", "lavfi", "-i", "color=size=16x16:duration=0.1", "-t", "0.1", "-i", source.path]
-        arguments += ["-map", "0:v", *_stream_copy_arguments(source, output_path), "-c:v", "libx264"]
+        arguments += ["-map", "0:v", *_stream_copy_arguments(source, output_path), "-c:v:0", "libx264"]
         try:
             _run_ffmpeg(arguments + [os.path.join(scratch, "check" + Path(output_path).suffix)], "A test mux")
         except VideoFileError as error:
@@ -202,7 +202,8 @@ def mux_output(video_path: str, output_path: str, source: VideoInfo, start: floa
     video_input = ["-display_rotation:v:0", str(source.rotation)] if source.rotation else []
     offset = source.start_time - source.container_start_time + start
     arguments = [*video_input, "-i", video_path, "-ss", f"{offset:.6f}", "-t", f"{duration:.6f}", "-i", source.path]
-    arguments += ["-map", "0:v", *_stream_copy_arguments(source, output_path)]
+    # -copypriorss 0: packets before the start are dropped, not kept with negative times (which some muxers shift).
+    arguments += ["-map", "0:v", *_stream_copy_arguments(source, output_path), "-copypriorss", "0"]
     if Path(output_path).suffix.lower() in _MP4_FAMILY:
         arguments += ["-movflags", "+faststart"]
     _run_ffmpeg(arguments + [output_path], f"Writing {output_path}")
