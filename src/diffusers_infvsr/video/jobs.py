@@ -306,6 +306,24 @@ class JobFolder:
     def segment_paths(self) -> list[str]:
         return [str(self.path / name) for name in self.segments]
 
+    def join(self, joined: dict) -> None:
+        r"""Join the segments into `video.mp4` (after checking the free space it needs) and record `joined` with it;
+        then the segments and checkpoints are deleted, which frees their space for the final mux."""
+        check_free_space(self.path, sum(map(os.path.getsize, self.segment_paths())), "Joining the video segments")
+        partial = self.path / "video.partial.mp4"
+        try:
+            join_segments(self.segments_with_starts(), str(partial))
+            with open(partial, "rb") as file:
+                os.fsync(file.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, self.video)
+        self.write_json("joined.json", joined)
+        self.keep_segments([])
+        for checkpoint in self.checkpoints():
+            checkpoint.unlink()
+
     def segments_with_starts(self) -> list[tuple[str, int]]:
         return [(str(self.path / name), int(name.rsplit("-", 1)[1].split(".")[0])) for name in self.segments]
 
@@ -483,9 +501,20 @@ def _resume_or_start(job: JobFolder, settings: dict, overwrite: bool, resume: bo
     return False
 
 
+def _disk_full(job: JobFolder, error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    try:  # torch.save and some muxers report a full disk without its errno
+        return shutil.disk_usage(job.path).free < 2**20
+    except OSError:
+        return False
+
+
 def _kept_message(job: JobFolder, error: BaseException) -> str:
     what = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if _disk_full(job, error):
         what = f"the disk is full ({what})"
     return (
         f"{job.output_path} was not finished: {what}. The work done so far is kept in {job.path}; fix the cause (e.g. "
@@ -659,12 +688,13 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
     try:
         for frame in restored:
             while skipped:  # the timestamps of frames done before the resume
-                timestamps.popleft()
-                skipped -= 1
+                last, skipped = timestamps.popleft(), skipped - 1
             pts, seconds = timestamps.popleft()
             output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), pts - first[0])
             frames_written += 1
             last = (pts, seconds)
+        while skipped:  # every frame was done before the resume
+            last, skipped = timestamps.popleft(), skipped - 1
         output.close_segment()
         next_frame = timestamps[0][1] if timestamps else None
         frame_duration = (next_frame - last[1]) if next_frame else float(1 / source.fps)
@@ -673,16 +703,7 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
             "start": float(first[0] * source.time_base),
             "duration": float((last[0] - first[0]) * source.time_base) + frame_duration,
         }
-        check_free_space(job.path, sum(map(os.path.getsize, job.segment_paths())), "Joining the video segments")
-        partial = job.path / "video.partial.mp4"
-        join_segments(job.segments_with_starts(), str(partial))
-        with open(partial, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, job.video)
-        job.write_json("joined.json", joined)
-        job.keep_segments([])  # the joined video replaces them: frees their space for the final mux
-        for checkpoint in job.checkpoints():
-            checkpoint.unlink()
+        job.join(joined)
     except KeyboardInterrupt:
         output.discard()
         raise
