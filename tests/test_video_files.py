@@ -1,11 +1,10 @@
 """Real-world video files through `upscale_video` (tiny random pipeline): timing, sync, geometry, colour, damage."""
 
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import pytest
-from video_clips import beep_times, ffmpeg, make_clip, make_flash_clip, video_times
+from video_clips import beep_times, ffmpeg, make_flash_clip, video_times
 
 from diffusers_infvsr.video import VideoFileError, check_integrity, check_job, probe_video, upscale_video
 
