@@ -709,6 +709,9 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
         raise
     except DamagedVideoError as error:
         output.discard()
+        if not job.segments and not job.checkpoints():  # nothing done yet: nothing to keep
+            shutil.rmtree(job.path)
+            raise
         raise DamagedVideoError(
             f"{error} The {frames_written} frames done so far are kept in {job.path}: add --allow-damaged --resume to "
             "the same command to go on past the damage.",
@@ -716,7 +719,10 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
         ) from error
     except Exception as error:  # noqa: BLE001 - whatever failed, keep the finished work and say how to continue
         output.discard()
-        if isinstance(error, VideoFileError) and not job.segments:
-            raise
+        if not job.segments and not job.checkpoints():  # nothing done yet: nothing to keep
+            shutil.rmtree(job.path)
+            if isinstance(error, VideoFileError):
+                raise
+            raise VideoFileError(f"{job.output_path} was not written: {error}") from error
         raise VideoFileError(_kept_message(job, error)) from error
     return marker, joined
