@@ -15,7 +15,7 @@ import scenedetect
 import torch
 from video_clips import decode, ffmpeg, make_clip, probe
 
-from diffusers_infvsr.cli import load_pipeline, parse_args
+from diffusers_infvsr.cli import CommandError, check_attention_backend, load_pipeline, parse_args
 from diffusers_infvsr.video import H264Writer, VideoFileError, read_frames, upscale_video
 
 
@@ -349,8 +349,8 @@ def test_runtime_options_reach_the_pipeline(tiny_pipeline_dir):
     assert pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
     assert hasattr(pipe.transformer, "_hf_hook") and hasattr(pipe.vae, "_hf_hook")
     assert {block.attn1.processor._attention_backend.value for block in pipe.transformer.blocks} == {"_native_math"}
-    with pytest.raises(SystemExit):
-        parse_args(["in.mp4", "-o", "out.mp4", "--model", "m", "--attention-backend", "no-such-backend"])
+    with pytest.raises(CommandError, match="--attention-backend 'no-such-backend' is unknown"):
+        check_attention_backend("no-such-backend")
 
 
 def test_leftover_jobs_are_resumed_only_with_the_same_settings(tmp_path, tiny_pipe):

@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ from .reading import (
     VideoInfo,
     check_integrity,
     decode_frames,
+    frame_grid,
     probe_video,
 )
 from .writing import (
@@ -331,8 +333,9 @@ class JobFolder:
 class _SegmentWriter:
     """Writes frames into the job's current segment; a checkpoint closes it, the next frame opens a new one."""
 
-    def __init__(self, job: JobFolder, size: tuple[int, int], source: VideoInfo, crf: int, lossless: bool):
+    def __init__(self, job: JobFolder, size, source: VideoInfo, time_base: Fraction, crf: int, lossless: bool):
         self.job, self.size, self.source, self.crf, self.lossless = job, size, source, crf, lossless
+        self.time_base = time_base
         self.writer: H264Writer | None = None
         self.current: Path | None = None
         self.start = 0
@@ -341,7 +344,7 @@ class _SegmentWriter:
         if self.writer is None:
             self.current, self.start = self.job.next_segment(pts), pts
             self.writer = H264Writer(str(self.current), *self.size, self.source.fps, self.crf, self.lossless,
-                                     time_base=self.source.time_base, color=self.source.color,
+                                     time_base=self.time_base, color=self.source.color,
                                      sample_aspect_ratio=self.source.sample_aspect_ratio)  # fmt: skip
         self.writer.write(frame, pts - self.start)
 
@@ -671,7 +674,13 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
     if max_frames is not None:
         total = min(total, max_frames) if total is not None else max_frames
     size = (source.width * upscale_factor, source.height * upscale_factor)
-    output = _SegmentWriter(job, size, source, settings["crf"], settings["lossless"])
+    grid = frame_grid(source.path)  # e.g. 30000/1001 fps stored in milliseconds: written exactly again
+    time_base = 1 / grid if grid else source.time_base
+
+    def output_pts(pts: int) -> int:
+        return round((pts - first[0]) * source.time_base * grid) if grid else pts - first[0]
+
+    output = _SegmentWriter(job, size, source, time_base, settings["crf"], settings["lossless"])
     last_checkpoint = time.monotonic()
 
     def save_checkpoint(pipe: InfVSRPipeline, state) -> None:
@@ -690,7 +699,7 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
             while skipped:  # the timestamps of frames done before the resume
                 last, skipped = timestamps.popleft(), skipped - 1
             pts, seconds = timestamps.popleft()
-            output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), pts - first[0])
+            output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), output_pts(pts))
             frames_written += 1
             last = (pts, seconds)
         while skipped:  # every frame was done before the resume

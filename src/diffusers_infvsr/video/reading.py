@@ -239,6 +239,28 @@ def check_integrity(path: str | os.PathLike) -> None:
             raise DamagedVideoError(_damage_hint(path, count, None).format(message), count)
 
 
+def frame_grid(path: str | os.PathLike) -> Fraction | None:
+    r"""
+    The exact frame rate whose grid every video timestamp rounds from, when the container's time base cannot hold it
+    (e.g. 30000/1001 fps in Matroska's milliseconds); `None` when the timestamps are exact already or off the grid.
+    Scans the packets only. Writing on this grid keeps a constant frame rate exact, and variable ones as they are.
+    """
+    path = os.fspath(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        rate, time_base = stream.guessed_rate, stream.time_base
+        if not rate or (1 / (rate * time_base)).denominator == 1:
+            return None
+        origin = stream.start_time or 0
+        tolerance = time_base * rate / 2 + Fraction(1, 10**6)
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                position = (packet.pts - origin) * time_base * rate
+                if abs(position - round(position)) > tolerance:
+                    return None
+        return Fraction(rate)
+
+
 def _promised_end(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction | None:
     """End of the video stream in seconds as the container's header states it, if it does."""
     start = (stream.start_time or 0) * stream.time_base
