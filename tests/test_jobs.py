@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_cli import run_infvsr
 from video_clips import decode, make_clip, probe
 
@@ -147,7 +148,8 @@ def test_a_full_disk_keeps_the_work_and_resume_finishes_it(phase, small_disk, cl
     job = work_folder(output)
     assert not output.exists() and json.loads((job / "job.json").read_text())["lossless"]
     assert not list(job.glob("*.partial*"))  # no half-written checkpoint, join or output
-    assert job.glob("checkpoint-*.pt")
+    checkpoints = sorted(job.glob("checkpoint-*.pt"))
+    assert checkpoints and all(torch.load(path, weights_only=True)["segments"] for path in checkpoints)
 
     monkeypatch.undo()
     filler.unlink()
