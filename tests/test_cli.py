@@ -140,6 +140,12 @@ def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_d
     # A crash (SIGKILL) after the first chunk: nothing under the final name.
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = wait_for_checkpoint(work, process, more_than=0)
+    # A second run on the same output, even with --overwrite, is refused and leaves the live job alone.
+    job_file = (work / "job.json").read_text()
+    second = run_infvsr(*command[1:], "--overwrite")
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"being written by another infvsr run (process {process.pid} on" in second.stderr
+    assert (work / "job.json").read_text() == job_file and list(work.glob("segment-*"))
     process.kill()
     process.wait()
     assert not output.exists() and work.is_dir()
