@@ -21,6 +21,7 @@ from .reading import (
     ColorTags,
     DamagedVideoError,
     DecodedFrame,
+    PacketScan,
     VideoFileError,
     VideoInfo,
     check_integrity,
@@ -28,6 +29,7 @@ from .reading import (
     frame_files,
     probe_video,
     read_frames,
+    scan_packets,
 )
 from .writing import OUTPUT_EXTENSIONS, H264Writer, check_stream_copy, join_segments, mux_output
 
@@ -42,6 +44,7 @@ __all__ = [
     "H264Writer",
     "JobFolder",
     "JobLock",
+    "PacketScan",
     "UpscaleResult",
     "VideoFileError",
     "VideoInfo",
@@ -55,6 +58,7 @@ __all__ = [
     "mux_output",
     "probe_video",
     "read_frames",
+    "scan_packets",
     "upscale_video",
     "work_folder",
 ]

@@ -51,10 +51,9 @@ from .reading import (
     DamagedVideoError,
     VideoFileError,
     VideoInfo,
-    check_integrity,
     decode_frames,
-    frame_grid,
     probe_video,
+    scan_packets,
 )
 from .writing import (
     OUTPUT_EXTENSIONS,
@@ -459,8 +458,12 @@ def check_job(
             "upscaling the HDR signal as SDR would change its colours. Tone-map it to SDR (BT.709) first."
         )
     check_output_size(source.width, source.height, upscale_factor)
-    if not allow_damaged:
-        check_integrity(input_path)
+    scan = scan_packets(input_path)
+    if scan.damage is not None and not allow_damaged:
+        raise scan.damage
+    source.frame_grid = scan.frame_grid
+    if scan.damage is None:
+        source.num_frames = scan.frames
     if start > 0 and next(decode_frames(input_path, start, 1, allow_damaged), None) is None:
         raise VideoFileError(f"{input_path} has no video frames after {start} s.")
     check_stream_copy(source, str(output_path))
@@ -674,7 +677,7 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
     if max_frames is not None:
         total = min(total, max_frames) if total is not None else max_frames
     size = (source.width * upscale_factor, source.height * upscale_factor)
-    grid = frame_grid(source.path)  # e.g. 30000/1001 fps stored in milliseconds: written exactly again
+    grid = source.frame_grid  # e.g. 30000/1001 fps stored in milliseconds: written exactly again
     time_base = 1 / grid if grid else source.time_base
 
     def output_pts(pts: int) -> int:

@@ -86,6 +86,7 @@ class VideoInfo:
         sample_aspect_ratio (`fractions.Fraction`, *optional*): Pixel shape (e.g. `32/27` for anamorphic DVD).
         color (`ColorTags`): Colour primaries, transfer, matrix and range.
         interlaced (`bool`): The first frame is interlaced.
+        frame_grid (`fractions.Fraction`, *optional*): See [`PacketScan`]; filled in by a packet scan.
         audio_codecs, subtitle_codecs (`list[str]`): Codecs of the audio and subtitle streams.
     """
 
@@ -102,6 +103,7 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None
     color: ColorTags = field(default_factory=ColorTags)
     interlaced: bool = False
+    frame_grid: Fraction | None = None
     audio_codecs: list[str] = field(default_factory=list)
     subtitle_codecs: list[str] = field(default_factory=list)
 
@@ -202,63 +204,72 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def check_integrity(path: str | os.PathLike) -> None:
+@dataclass
+class PacketScan:
     r"""
-    Scan the video packets (no decoding, about as fast as reading the file) and raise `DamagedVideoError` if one is
-    flagged corrupt, or if fewer arrive than the container's frame count or duration promise (a truncated file).
+    What [`scan_packets`] found.
+
+    Args:
+        frames (`int`): Video packets (frames) present.
+        damage (`DamagedVideoError`, *optional*): Where and how the video stream is damaged, if it is.
+        frame_grid (`fractions.Fraction`, *optional*):
+            The exact frame rate whose grid every timestamp rounds from, when the container's time base cannot hold
+            it (e.g. 30000/1001 fps in Matroska's milliseconds); `None` when the timestamps are exact or off the grid.
+    """
+
+    frames: int
+    damage: DamagedVideoError | None = None
+    frame_grid: Fraction | None = None
+
+
+def scan_packets(path: str | os.PathLike) -> PacketScan:
+    r"""
+    Read the video packets once, without decoding (about as fast as reading the file): count them, look for damage
+    (a corrupt packet, fewer packets than the container's frame count or duration promise, a cut-off MPEG-TS packet)
+    and for the exact frame rate behind rounded timestamps.
     """
     path = os.fspath(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
-        rate = stream.average_rate or stream.guessed_rate or 25
+        time_base, origin = stream.time_base, stream.start_time or 0
+        rate = stream.guessed_rate
+        on_grid = bool(rate) and (1 / (rate * time_base)).denominator != 1  # only a rounding time base needs it
+        tolerance = time_base * rate / 2 + Fraction(1, 10**6) if on_grid else 0
         count, end = 0, None
+
+        def damaged(what: str, seconds: float | None = None) -> PacketScan:
+            return PacketScan(count, DamagedVideoError(_damage_hint(path, count, seconds).format(what), count))
+
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue
-                seconds = float(packet.pts * stream.time_base) if packet.pts is not None else None
                 if packet.is_corrupt:
-                    raise DamagedVideoError(_damage_hint(path, count, seconds).format("a corrupt packet"), count)
+                    return damaged("a corrupt packet", float((packet.pts or 0) * time_base))
                 count += 1
                 if packet.pts is not None:
-                    packet_end = (packet.pts + (packet.duration or 0)) * stream.time_base
+                    packet_end = (packet.pts + (packet.duration or 0)) * time_base
                     end = packet_end if end is None else max(end, packet_end)
+                    position = (packet.pts - origin) * time_base * rate if on_grid else 0
+                    on_grid = on_grid and abs(position - round(position)) <= tolerance
         except av.FFmpegError as error:
-            raise DamagedVideoError(
-                _damage_hint(path, count, None).format(f"reading failed ({error})"), count
-            ) from error
+            return damaged(f"reading failed ({error})")
         if stream.frames and count < stream.frames:
-            message = f"the container lists {stream.frames} frames but only {count} are present (truncated)"
-            raise DamagedVideoError(_damage_hint(path, count, None).format(message), count)
+            return damaged(f"the container lists {stream.frames} frames but only {count} are present (truncated)")
         promised = _promised_end(container, stream)
-        if promised is not None and end is not None and promised - end > Fraction(3, 2) / rate:
+        if promised is not None and end is not None and promised - end > Fraction(3, 2) / (rate or 25):
             message = f"the video stops at {float(end):.3f} s of the {float(promised):.3f} s the container lists"
-            raise DamagedVideoError(_damage_hint(path, count, float(end)).format(message + " (truncated)"), count)
+            return damaged(message + " (truncated)", float(end))
         if container.format.name == "mpegts" and all(os.path.getsize(path) % size for size in (188, 192, 204)):
-            message = "the file ends inside a transport-stream packet (truncated)"
-            raise DamagedVideoError(_damage_hint(path, count, None).format(message), count)
+            return damaged("the file ends inside a transport-stream packet (truncated)")
+        return PacketScan(count, frame_grid=Fraction(rate) if on_grid else None)
 
 
-def frame_grid(path: str | os.PathLike) -> Fraction | None:
-    r"""
-    The exact frame rate whose grid every video timestamp rounds from, when the container's time base cannot hold it
-    (e.g. 30000/1001 fps in Matroska's milliseconds); `None` when the timestamps are exact already or off the grid.
-    Scans the packets only. Writing on this grid keeps a constant frame rate exact, and variable ones as they are.
-    """
-    path = os.fspath(path)
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        rate, time_base = stream.guessed_rate, stream.time_base
-        if not rate or (1 / (rate * time_base)).denominator == 1:
-            return None
-        origin = stream.start_time or 0
-        tolerance = time_base * rate / 2 + Fraction(1, 10**6)
-        for packet in container.demux(stream):
-            if packet.pts is not None:
-                position = (packet.pts - origin) * time_base * rate
-                if abs(position - round(position)) > tolerance:
-                    return None
-        return Fraction(rate)
+def check_integrity(path: str | os.PathLike) -> None:
+    """Raise the `DamagedVideoError` that [`scan_packets`] finds, if any."""
+    damage = scan_packets(path).damage
+    if damage is not None:
+        raise damage
 
 
 def _promised_end(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction | None:
