@@ -255,6 +255,16 @@ def test_every_bad_argument_gives_one_error_line(bad_inputs, tiny_pipeline_dir, 
     assert not list(bad_inputs.glob(".*infvsr-*"))
 
 
+def test_interlaced_input_is_reported_before_the_model_loads(tmp_path):
+    interlaced = tmp_path / "interlaced.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=25", "-frames:v", 3, "-flags", "+ildct+ilme",
+           "-c:v", "libx264", "-x264opts", "tff=1", interlaced)  # fmt: skip
+    result = run_infvsr(interlaced, "-o", tmp_path / "out.mp4", "--model", "no/such-model")
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert "interlaced.mkv is interlaced" in warning and "-vf bwdif" in warning
+    assert result.returncode == 1 and "Cannot load the model" in result.stderr  # the warning came first
+
+
 IMPORTS_AFTER = """
 import sys, time
 from diffusers_infvsr.cli import main
