@@ -96,6 +96,16 @@ def tiny_pipeline():
     return make_tiny_pipeline()
 
 
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_pipeline_dir):
+    """The tiny pipeline loaded from `tiny_pipeline_dir`, shared by the tests that only run it."""
+    from diffusers_infvsr import InfVSRPipeline
+
+    pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def lr_video(frames: int, height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
     """(frames, height, width, 3) uint8 low-resolution frames with smooth content."""
     video = (smooth_video(frames, height, width, seed)[0].permute(1, 2, 3, 0) + 1) * 127.5

@@ -15,8 +15,7 @@ import scenedetect
 import torch
 from video_clips import decode, ffmpeg, make_clip, probe
 
-from diffusers_infvsr import InfVSRPipeline
-from diffusers_infvsr.cli import load_pipeline, parse_args
+from diffusers_infvsr.cli import CommandError, check_attention_backend, load_pipeline, parse_args
 from diffusers_infvsr.video import H264Writer, VideoFileError, read_frames, upscale_video
 
 
@@ -27,13 +26,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 def run_infvsr(*arguments, **kwargs) -> subprocess.CompletedProcess:
     assert INFVSR, "the `infvsr` console script is not installed: pip install -e ."
     return subprocess.run([INFVSR, *map(str, arguments)], capture_output=True, text=True, env=ENV, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_pipeline_dir):
-    pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
@@ -129,8 +121,9 @@ def wait_for_checkpoint(work: Path, process: subprocess.Popen, more_than: int) -
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if (work / "checkpoint.pt").exists():
-            done = torch.load(work / "checkpoint.pt", weights_only=True)["stream"]["frames_done"]
+        checkpoints = sorted(work.glob("checkpoint-*.pt"))
+        if checkpoints:
+            done = int(checkpoints[-1].stem.split("-")[1])  # the name says how many frames it holds
             if done > more_than:
                 return done
         time.sleep(0.05)
@@ -147,6 +140,12 @@ def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_d
     # A crash (SIGKILL) after the first chunk: nothing under the final name.
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = wait_for_checkpoint(work, process, more_than=0)
+    # A second run on the same output, even with --overwrite, is refused and leaves the live job alone.
+    job_file = (work / "job.json").read_text()
+    second = run_infvsr(*command[1:], "--overwrite")
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"being written by another infvsr run (process {process.pid} on" in second.stderr
+    assert (work / "job.json").read_text() == job_file and list(work.glob("segment-*"))
     process.kill()
     process.wait()
     assert not output.exists() and work.is_dir()
@@ -183,35 +182,153 @@ def bad_inputs(tmp_path_factory):
     (folder / "resized.ts").write_bytes((folder / "16x16.ts").read_bytes() + (folder / "24x16.ts").read_bytes())
     (folder / "a-file").write_text("")
     (folder / "existing.mp4").write_text("keep me")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=25", "-frames:v", 3, "-vf",
+           "setparams=color_trc=smpte2084:color_primaries=bt2020:colorspace=bt2020nc", "-c:v", "libx264", folder / "hdr.mp4")  # fmt: skip
+    ffmpeg("-i", good, "-c", "copy", "-movflags", "+faststart", folder / "faststart.mp4")
+    data = (folder / "faststart.mp4").read_bytes()
+    (folder / "cut-faststart.mp4").write_bytes(data[: len(data) * 2 // 3])  # the index is intact, frames are missing
     return folder
 
 
+NO_CUDA = "cuda" if not torch.cuda.is_available() else None
+
+
 @pytest.mark.parametrize(
-    "arguments, message",
+    "arguments, code, message",
     [
-        (["missing.mp4", "-o", "out.mp4"], "missing.mp4: no such file"),
-        (["notes.mp4", "-o", "out.mp4"], "notes.mp4 cannot be read as a video"),
-        (["truncated.mp4", "-o", "out.mp4"], "corrupt or truncated"),
-        (["empty.mkv", "-o", "out.mp4"], "empty.mkv contains no video frames"),
-        (["good.mp4", "-o", "out.mp4", "--start", "60"], "good.mp4 has no video frames after 60.0 s"),
-        (["resized.ts", "-o", "out.mp4"], "the frame size changes from 16x16 to 24x16 at frame 12"),
-        (["good.mp4", "-o", "a-file/out.mp4"], "Cannot write to the output folder a-file"),
-        (["good.mp4", "-o", "existing.mp4"], "existing.mp4 already exists. Pass --overwrite"),
-        (["good.mp4", "-o", "out.avi"], "the output must be one of .mp4, .mkv, .mov"),
-        (["good.mp4", "-o", "out.mp4", "--model", "no/such-model"], "Cannot load the model 'no/such-model'"),
-        (["good.mp4", "-o", "out.mp4", "--model", "."], "is not an InfVSR pipeline folder"),
+        (["--crf", "-5"], 2, "error: argument --crf: expected an x264 CRF from 0 to 51, got '-5'"),
+        (["--crf", "52"], 2, "error: argument --crf: expected an x264 CRF from 0 to 51, got '52'"),
+        (["--scale", "0"], 2, "error: argument --scale: expected an integer >= 1, got '0'"),
+        (["--max-frames", "0"], 2, "error: argument --max-frames: expected an integer >= 1"),
+        (["--start", "-3"], 2, "error: argument --start: '-3' is not a time"),
+        (["--start", "1:2:3:4"], 2, "error: argument --start: '1:2:3:4' is not a time"),
+        (["--checkpoint-interval", "-1"], 2, "error: argument --checkpoint-interval: expected a number of seconds"),
+        (["--checkpoint-interval", "nan"], 2, "error: argument --checkpoint-interval: expected a number of seconds"),
+        (["--scene-threshold", "0"], 2, "error: argument --scene-threshold: expected a content threshold in (0, 255]"),
+        (["--dtype", "fp8"], 2, "error: argument --dtype: invalid choice: 'fp8'"),
+        (["--no-such-option"], 2, "error: unrecognized arguments: --no-such-option"),
+        (["--scale", "1000"], 1, "16x16 upscaled x1000 is 16000x16000, but H.264 allows at most 8192 pixels a side"),
+        (["--device", "potato"], 1, "--device 'potato' is not a torch device"),
+        pytest.param(
+            ["--device", "cuda"],
+            1,
+            "--device cuda: this machine has no cuda device. Use --device cpu",
+            marks=pytest.mark.skipif(NO_CUDA is None, reason="CUDA is available"),
+        ),  # fmt: skip
+        (["--attention-backend", "nope"], 1, "--attention-backend 'nope' is unknown; choose one of"),
+        (["--input", "missing.mp4"], 1, "missing.mp4: no such file"),
+        (["--input", "notes.mp4"], 1, "notes.mp4 cannot be read as a video"),
+        (["--input", "truncated.mp4"], 1, "corrupt or truncated"),
+        (["--input", "cut-faststart.mp4"], 1, "cut-faststart.mp4 is damaged after frame"),
+        (["--input", "empty.mkv"], 1, "empty.mkv contains no video frames"),
+        (["--input", "hdr.mp4"], 1, "hdr.mp4 is HDR (PQ (SMPTE ST 2084)). InfVSR restores SDR video only"),
+        (["--start", "60"], 1, "good.mp4 has no video frames after 60.0 s"),
+        (
+            ["--input", "resized.ts", "--allow-damaged", "--model", "TINY"],
+            1,
+            "the frame size changes from 16x16 to 24x16 at frame 12",
+        ),
+        (["--output", "a-file/out.mp4"], 1, "Cannot write to the output folder a-file"),
+        (["--output", "existing.mp4"], 1, "existing.mp4 already exists. Pass --overwrite"),
+        (["--output", "out.avi"], 1, "the output must be one of .mp4, .mkv, .mov"),
+        (["--model", "no/such-model"], 1, "Cannot load the model 'no/such-model'"),
+        (["--model", "."], 1, "is not an InfVSR pipeline folder"),
+        (["--model", "TINY", "--scale", "40"], 1, "needs 40 positions a side, but the model's position table has 32"),
     ],
 )
-def test_bad_input_gives_one_clear_error(bad_inputs, tiny_pipeline_dir, arguments, message):
-    if "--model" not in arguments:
-        arguments = [*arguments, "--model", tiny_pipeline_dir]
-    result = run_infvsr(*arguments, cwd=bad_inputs)
-    assert result.returncode == 1, result.stderr
+def test_every_bad_argument_gives_one_error_line(bad_inputs, tiny_pipeline_dir, arguments, code, message):
+    # A model that cannot load: any check that comes first fails before loading it.
+    options = {"--input": "good.mp4", "--output": "out.mp4", "--model": "no/such-model"}
+    rest, items = [], iter(arguments)
+    for item in items:
+        if item in options:
+            options[item] = next(items).replace("TINY", str(tiny_pipeline_dir))
+        else:
+            rest.append(item)
+    command = [options["--input"], "-o", options["--output"], "--model", options["--model"], *rest]
+    result = run_infvsr(*command, cwd=bad_inputs)
+    assert result.returncode == code, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (bad_inputs / "out.mp4").exists() and (bad_inputs / "existing.mp4").read_text() == "keep me"
-    assert not list(bad_inputs.glob(".*infvsr-partial"))
+    assert not list(bad_inputs.glob(".*infvsr-*"))
+
+
+def test_interlaced_input_is_reported_before_the_model_loads(tmp_path):
+    interlaced = tmp_path / "interlaced.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=25", "-frames:v", 3, "-flags", "+ildct+ilme",
+           "-c:v", "libx264", "-x264opts", "tff=1", interlaced)  # fmt: skip
+    result = run_infvsr(interlaced, "-o", tmp_path / "out.mp4", "--model", "no/such-model")
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert "interlaced.mkv is interlaced" in warning and "-vf bwdif" in warning
+    assert result.returncode == 1 and "Cannot load the model" in result.stderr  # the warning came first
+
+
+IMPORTS_AFTER = """
+import sys, time
+from diffusers_infvsr.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(name for name in ("torch", "diffusers", "av") if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["in.mp4", "-o", "out.mp4", "--model", "m", "--crf", "-5"]])
+def test_help_and_argument_errors_import_no_torch(arguments):
+    result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *arguments], capture_output=True, text=True, env=ENV)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout + result.stderr
+    start = time.perf_counter()
+    assert run_infvsr("--help").returncode == 0
+    assert time.perf_counter() - start < 3.0  # about 0.2 s; generous for a busy machine
+
+
+def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch, tmp_path):
+    import diffusers_infvsr.video as video
+    from diffusers_infvsr.cli import main
+
+    class Called(BaseException):
+        pass
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append(kwargs)
+        raise Called
+
+    monkeypatch.setattr(video, "upscale_video", record)
+    arguments = [bad_inputs / "good.mp4", "-o", tmp_path / "out.mkv", "--model", tiny_pipeline_dir, "--scale", 3,
+                 "--start", "00:00.04", "--max-frames", 7, "--crf", 33, "--lossless", "--no-scene-detect",
+                 "--scene-threshold", 42, "--overwrite", "--resume", "--checkpoint-interval", 5, "--allow-damaged"]  # fmt: skip
+    with pytest.raises(Called):
+        main(list(map(str, arguments)))
+    assert calls == [
+        {
+            "upscale_factor": 3,
+            "start": 0.04,
+            "max_frames": 7,
+            "crf": 33,
+            "lossless": True,
+            "scene_detection": False,
+            "scene_threshold": 42.0,
+            "overwrite": True,
+            "resume": True,
+            "checkpoint_interval": 5.0,
+            "allow_damaged": True,
+        }
+    ]
+
+
+def test_scene_threshold_decides_the_cuts(tmp_path, tiny_pipe):
+    shots = [make_clip(tmp_path / f"{name}.mp4", 16, size="16x16", source=name) for name in ("testsrc2", "smptebars")]
+    joined = tmp_path / "two-shots.mkv"
+    ffmpeg("-i", shots[0], "-i", shots[1], "-filter_complex", "concat=n=2", "-c:v", "libx264", joined)
+    assert upscale_video(joined, tmp_path / "cut.mkv", tiny_pipe, max_frames=20).scene_starts == [0, 16]
+    assert upscale_video(joined, tmp_path / "one.mkv", tiny_pipe, max_frames=20, scene_threshold=255).scene_starts == [
+        0
+    ]
 
 
 def test_folder_mode_reports_bad_files_and_processes_the_rest(bad_inputs, tiny_pipeline_dir, tmp_path):
@@ -248,8 +365,8 @@ def test_runtime_options_reach_the_pipeline(tiny_pipeline_dir):
     assert pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
     assert hasattr(pipe.transformer, "_hf_hook") and hasattr(pipe.vae, "_hf_hook")
     assert {block.attn1.processor._attention_backend.value for block in pipe.transformer.blocks} == {"_native_math"}
-    with pytest.raises(SystemExit):
-        parse_args(["in.mp4", "-o", "out.mp4", "--model", "m", "--attention-backend", "no-such-backend"])
+    with pytest.raises(CommandError, match="--attention-backend 'no-such-backend' is unknown"):
+        check_attention_backend("no-such-backend")
 
 
 def test_leftover_jobs_are_resumed_only_with_the_same_settings(tmp_path, tiny_pipe):
@@ -260,7 +377,7 @@ def test_leftover_jobs_are_resumed_only_with_the_same_settings(tmp_path, tiny_pi
     (job / "job.json").write_text('{"upscale_factor": 2}')
     with pytest.raises(VideoFileError, match="An interrupted job for .* exists .* Pass --resume to continue it"):
         upscale_video(source, output, tiny_pipe)
-    with pytest.raises(VideoFileError, match="Cannot resume .* other settings or input .*upscale_factor"):
+    with pytest.raises(VideoFileError, match="Cannot resume .* other settings, input or model .*upscale_factor"):
         upscale_video(source, output, tiny_pipe, resume=True)
     assert not output.exists() and job.is_dir()
     assert upscale_video(source, output, tiny_pipe, overwrite=True).num_frames == 9

@@ -55,3 +55,56 @@ def probe(path) -> dict:
             stream = container.streams.audio[index]
             info["audio"].append((stream.codec_context.name, _packet_span(container, stream)))
     return info
+
+
+def make_flash_clip(path, frames=40, flash=25, vfr=False, size="16x16", audio_tracks=1, extra=()) -> str:
+    r"""
+    Black frames with one white flash frame (frame `flash`) and, in each audio track, a 1 kHz beep that starts at the
+    flash (AAC, silence elsewhere). `vfr` shows the first 10 frames at 10 fps and the rest at 30 fps; otherwise 30
+    fps. `extra` is added to the output options (e.g. `-f mpegts`, metadata).
+    """
+    pts = "if(lt(N,10),N*3,20+N)/(30*TB)" if vfr else "N/(30*TB)"
+    flash_time = (flash / 10 if flash < 10 else (20 + flash) / 30) if vfr else flash / 30
+    duration = ((20 + frames) / 30 if vfr else frames / 30) + 0.1
+    video = f"drawbox=c=white:t=fill:enable='eq(n,{flash})',setpts='{pts}'"
+    beep = f"aevalsrc='if(between(t,{flash_time},{flash_time + 0.03}),sin(2*PI*1000*t),0)':s=48000:d={duration}"
+    arguments = ["-f", "lavfi", "-i", f"color=c=black:size={size}:rate=30"]
+    for _ in range(audio_tracks):
+        arguments += ["-f", "lavfi", "-i", beep]
+    arguments += ["-map", "0:v", *[item for index in range(audio_tracks) for item in ("-map", f"{index + 1}:a")]]
+    arguments += ["-vf", video, "-fps_mode", "passthrough", "-frames:v", frames, "-c:v", "libx264", "-pix_fmt",
+                  "yuv420p", "-c:a", "aac", *extra]  # fmt: skip
+    ffmpeg(*arguments, path)
+    return str(path)
+
+
+def video_times(path) -> list[float]:
+    """Presentation time in seconds of every video frame, in display order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(float(frame.pts * stream.time_base) for frame in container.decode(stream))
+
+
+def flash_time(path) -> float:
+    """Time of the brightest video frame."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [(frame.to_ndarray(format="gray").mean(), frame.pts) for frame in container.decode(stream)]
+        return float(max(frames)[1] * stream.time_base)
+
+
+def beep_times(path, threshold=0.2) -> list[float]:
+    """Time of the first loud sample in each audio track."""
+    times = []
+    with av.open(str(path)) as container:
+        tracks = len(container.streams.audio)
+    for index in range(tracks):
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[index]
+            for frame in container.decode(stream):
+                samples = np.abs(frame.to_ndarray()).max(axis=0)
+                loud = np.flatnonzero(samples > threshold)
+                if loud.size:
+                    times.append(float(frame.pts * stream.time_base) + loud[0] / frame.sample_rate)
+                    break
+    return times

@@ -15,6 +15,9 @@
 
 infvsr input.mp4 -o output.mp4 --model path/or/hub-id [--scale 4]
 infvsr videos/ -o upscaled/ --model path/or/hub-id
+
+Only the standard library is imported until the arguments are checked, so `--help` and argument errors answer at
+once; torch, diffusers and PyAV come after.
 """
 
 import argparse
@@ -22,18 +25,22 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-from diffusers.models.attention_dispatch import AttentionBackendName
 
-from .pipeline_infvsr import InfVSRPipeline
-from .video import VIDEO_EXTENSIONS, VideoFileError, probe_video, upscale_video
+DTYPES = ("bf16", "fp16", "fp32")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATUS = (
+    "Exit status: 0 when every video was written (or was already done), 1 when a video or the model failed, 2 for a "
+    "bad argument, 130 when interrupted (then run the same command with --resume to continue)."
+)
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+class CommandError(Exception):
+    """A problem the command reports as one `error:` line."""
 
 
-class ModelLoadError(Exception):
-    """The model named by `--model` cannot be loaded."""
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message}. See `{self.prog} --help`.\n")
 
 
 def parse_time(value: str) -> float:
@@ -44,7 +51,7 @@ def parse_time(value: str) -> float:
             seconds = seconds * 60 + float(part)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a time: use seconds (12.5) or HH:MM:SS.mmm") from None
-    if seconds < 0 or value.count(":") > 2:
+    if not 0 <= seconds < float("inf") or value.count(":") > 2:
         raise argparse.ArgumentTypeError(f"{value!r} is not a time: use seconds (12.5) or HH:MM:SS.mmm")
     return seconds
 
@@ -55,34 +62,65 @@ def positive_int(value: str) -> int:
     return int(value)
 
 
+def crf_value(value: str) -> int:
+    if not value.isdigit() or int(value) > 51:
+        raise argparse.ArgumentTypeError(f"expected an x264 CRF from 0 to 51, got {value!r}")
+    return int(value)
+
+
+def seconds_value(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def threshold_value(value: str) -> float:
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not 0 < threshold <= 255:
+        raise argparse.ArgumentTypeError(f"expected a content threshold in (0, 255], got {value!r}")
+    return threshold
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="infvsr",
-        description="Upscale videos with InfVSR (streaming one-step diffusion video super-resolution).",
-        epilog="Exit status: 0 when every video was written, 1 on errors, 130 when interrupted (then run the same "
-        "command with --resume to continue).",
+        description="Upscale videos with InfVSR (streaming one-step diffusion video super-resolution). Weights: a "
+        "folder made from the official release with `python -m diffusers_infvsr.convert`, or a Hub id that holds one.",
+        epilog=EXIT_STATUS,
     )
     parser.add_argument("input", help="A video file, or a folder of videos.")
     parser.add_argument("-o", "--output", required=True, help="Output .mp4/.mkv/.mov file, or a folder.")
     parser.add_argument("--model", required=True, help="InfVSR diffusers folder or Hub id.")
     parser.add_argument("--scale", type=positive_int, default=4, help="Integer upscaling factor (default 4).")
-    quality = parser.add_argument_group("output")
-    quality.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18).")
-    quality.add_argument("--lossless", action="store_true", help="Lossless x264 in yuv444p.")
-    quality.add_argument("--start", type=parse_time, default=0.0, help="Start time (seconds or HH:MM:SS.mmm).")
-    quality.add_argument("--max-frames", type=positive_int, help="Upscale at most this many frames.")
-    quality.add_argument("--overwrite", action="store_true", help="Replace existing outputs or interrupted jobs.")
-    quality.add_argument("--resume", action="store_true", help="Continue interrupted jobs where they stopped.")
-    quality.add_argument(
+    output = parser.add_argument_group("output")
+    output.add_argument("--crf", type=crf_value, default=18, help="x264 quality 0-51, lower is better (default 18).")
+    output.add_argument("--lossless", action="store_true", help="Lossless x264 in yuv444p.")
+    output.add_argument("--start", type=parse_time, default=0.0, help="Start time (seconds or HH:MM:SS.mmm).")
+    output.add_argument("--max-frames", type=positive_int, help="Upscale at most this many frames.")
+    output.add_argument("--overwrite", action="store_true", help="Replace existing outputs or interrupted jobs.")
+    output.add_argument("--resume", action="store_true", help="Continue interrupted jobs; skip finished outputs.")
+    output.add_argument(
         "--checkpoint-interval",
-        type=float,
+        type=seconds_value,
         default=120.0,
         help="Seconds between resume checkpoints, taken at chunk boundaries (0: after every chunk; default 120).",
+    )
+    output.add_argument(
+        "--allow-damaged",
+        action="store_true",
+        help="Go on past truncated or corrupt input (missing frames show the frame before them; audio stays in sync).",
     )
     scenes = parser.add_argument_group("scenes")
     scenes.add_argument("--no-scene-detect", action="store_true", help="One stream for the whole video.")
     scenes.add_argument(
-        "--scene-threshold", type=float, default=27.0, help="Content threshold for scene cuts (default 27)."
+        "--scene-threshold", type=threshold_value, default=27.0, help="Content threshold for scene cuts (default 27)."
     )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", help="Torch device (default: cuda when available, else cpu).")
@@ -91,7 +129,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     runtime.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks.")
     runtime.add_argument(
         "--attention-backend",
-        choices=[backend.value for backend in AttentionBackendName],
         metavar="NAME",
         help="diffusers attention backend, e.g. flash, _flash_3, sage, native (default: native).",
     )
@@ -99,22 +136,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan_jobs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
-    """The (input, output) pairs: one file, or every video in a folder (outputs named after the inputs)."""
+    r"""The (input, output) pairs: one file, or every video in a folder (outputs named after the inputs, `.mp4`).
+    Two inputs that would share an output are an error, before any work."""
+    from .video import OUTPUT_EXTENSIONS, VIDEO_EXTENSIONS, VideoFileError
+
     if not input_path.exists():
         raise VideoFileError(f"{input_path}: no such file or folder.")
-    if input_path.is_dir():
-        if output_path.suffix and not output_path.is_dir():
-            raise VideoFileError(f"The input {input_path} is a folder, so the output must be a folder, not a file.")
-        videos = sorted(path for path in input_path.iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS)
-        if not videos:
-            raise VideoFileError(f"{input_path} contains no video files ({', '.join(VIDEO_EXTENSIONS)}).")
-        return [(video, output_path / f"{video.stem}.mp4") for video in videos]
-    if output_path.is_dir():
-        output_path = output_path / f"{input_path.stem}.mp4"
-    return [(input_path, output_path)]
+    if not input_path.is_dir():
+        if output_path.is_dir():
+            output_path = output_path / f"{input_path.stem}.mp4"
+        return [(input_path, output_path)]
+    if output_path.suffix.lower() in OUTPUT_EXTENSIONS and not output_path.is_dir():
+        raise VideoFileError(f"The input {input_path} is a folder, so the output must be a folder, not a file.")
+    videos = sorted(path for path in input_path.iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS)
+    if not videos:
+        raise VideoFileError(f"{input_path} contains no video files ({', '.join(VIDEO_EXTENSIONS)}).")
+    jobs, sources = [], {}
+    for video in videos:
+        output = output_path / f"{video.stem}.mp4"
+        if output in sources:
+            raise VideoFileError(
+                f"{sources[output].name} and {video.name} would both be written to {output}. Rename one of them, or "
+                "upscale them one at a time with their own output names."
+            )
+        if output.resolve() == video.resolve():
+            raise VideoFileError(f"{video} would be overwritten by its own output; choose another output folder.")
+        sources[output] = video
+        jobs.append((video, output))
+    return jobs
 
 
 def check_writable(folder: Path) -> None:
+    from .video import VideoFileError
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".infvsr-write-check-{os.getpid()}"
@@ -124,15 +178,49 @@ def check_writable(folder: Path) -> None:
         raise VideoFileError(f"Cannot write to the output folder {folder}: {error.strerror}.") from error
 
 
-def load_pipeline(args: argparse.Namespace) -> InfVSRPipeline:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+def resolve_device(name: str | None):
+    """The torch device to run on; `CommandError` if it does not exist on this machine."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {name!r} is not a torch device; use e.g. cpu, cuda or cuda:1.") from None
+    available = {"cpu": lambda: 1, "cuda": torch.cuda.device_count, "xpu": lambda: torch.xpu.device_count()}
+    available["mps"] = lambda: int(torch.backends.mps.is_available())
+    count = available.get(device.type, lambda: 0)()
+    if count == 0 or (device.index is not None and device.index >= count):
+        have = f"{count} {device.type} device(s)" if count else f"no {device.type} device"
+        raise CommandError(f"--device {name}: this machine has {have}. Use --device cpu, or leave it out.")
+    return device
+
+
+def check_attention_backend(name: str | None) -> None:
+    if name is None:
+        return
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    names = [backend.value for backend in AttentionBackendName]
+    if name not in names:
+        raise CommandError(f"--attention-backend {name!r} is unknown; choose one of {', '.join(names)}.")
+
+
+def load_pipeline(args: argparse.Namespace, device=None):
+    import torch
+
+    from .pipeline_infvsr import InfVSRPipeline
+
+    device = device or resolve_device(args.device)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     try:
         pipe = InfVSRPipeline.from_pretrained(args.model, torch_dtype=dtype)
     except Exception as error:  # a bad path, an unknown Hub id or no network: all end the same way for the user
-        raise ModelLoadError(
-            f"Cannot load the model {args.model!r}: {str(error).rstrip('.')}. Pass an InfVSR diffusers folder (made with `python -m "
-            "diffusers_infvsr.convert`) or a Hub id that holds one."
+        raise CommandError(
+            f"Cannot load the model {args.model!r}: {str(error).rstrip('.')}. Pass an InfVSR diffusers folder (made "
+            "with `python -m diffusers_infvsr.convert`) or a Hub id that holds one."
         ) from error
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -145,24 +233,42 @@ def load_pipeline(args: argparse.Namespace) -> InfVSRPipeline:
     return pipe
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        jobs = plan_jobs(Path(args.input), Path(args.output))
-        folder_mode = Path(args.input).is_dir()
-        if not folder_mode:  # fail before loading the model
-            probe_video(jobs[0][0])
-            if jobs[0][1].exists() and not args.overwrite:
-                raise VideoFileError(f"{jobs[0][1]} already exists. Pass --overwrite to replace it.")
-        check_writable(jobs[0][1].parent)
-        pipe = load_pipeline(args)
-    except (VideoFileError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
+    from .video import work_folder
 
-    failures = []
+    return args.resume and not args.overwrite and output_path.exists() and not work_folder(output_path).exists()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .video import JobLock, VideoFileError, check_job, upscale_video
+    from .video.jobs import interlaced_warning
+
+    jobs = plan_jobs(Path(args.input), Path(args.output))
+    folder_mode = Path(args.input).is_dir()
+    check_writable(jobs[0][1].parent)
+    if not folder_mode:  # fail before loading the model
+        input_path, output_path = jobs[0]
+        if _already_done(output_path, args):
+            print(f"{output_path} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
+            return EXIT_OK
+        source = check_job(
+            input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start
+        )
+        if source.interlaced:
+            print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
+        with JobLock(output_path):  # refuse now if another run holds it
+            pass
+    device = resolve_device(args.device)
+    check_attention_backend(args.attention_backend)
+    pipe = load_pipeline(args, device)
+
+    failures, done_before = [], 0
     for index, (input_path, output_path) in enumerate(jobs, start=1):
         prefix = f"[{index}/{len(jobs)}] " if folder_mode else ""
+        if _already_done(output_path, args):
+            print(f"{prefix}skipped {output_path}: already done")
+            done_before += 1
+            continue
         pipe.set_progress_bar_config(desc=f"{prefix}{input_path.name}", unit="frame")
         try:
             result = upscale_video(
@@ -179,27 +285,42 @@ def main(argv=None) -> int:
                 overwrite=args.overwrite,
                 resume=args.resume,
                 checkpoint_interval=args.checkpoint_interval,
+                allow_damaged=args.allow_damaged,
             )
         except VideoFileError as error:
             print(f"error: {error}", file=sys.stderr)
             failures.append(input_path)
             continue
-        except KeyboardInterrupt:
-            print(
-                f"\ninterrupted: {output_path} was not written. Run the same command with --resume to continue.",
-                file=sys.stderr,
-            )
-            return 130
         resumed = f", resumed after {result.resumed_from} frames" if result.resumed_from else ""
-        print(
-            f"{prefix}wrote {result.output_path}: {result.num_frames} frames, {len(result.scene_starts)} scenes{resumed}"
-        )
+        scenes = f", {len(result.scene_starts)} scenes" if result.scene_starts else ""
+        print(f"{prefix}wrote {result.output_path}: {result.num_frames} frames{scenes}{resumed}")
 
     if folder_mode:
-        print(f"done: {len(jobs) - len(failures)} of {len(jobs)} videos written", file=sys.stderr)
+        already = f" ({done_before} already done)" if done_before else ""
+        print(f"done: {len(jobs) - len(failures)} of {len(jobs)} videos written{already}", file=sys.stderr)
         for failure in failures:
             print(f"  failed: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command with --resume to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the command's promise: one `error:` line, never a traceback
+        from .video import VideoFileError
+
+        if isinstance(error, (CommandError, VideoFileError)):
+            message = str(error)
+        elif isinstance(error, OSError):
+            message = f"{error.strerror or error} ({error.filename or 'no file'}). Check the disk and permissions."
+        else:
+            message = f"unexpected {type(error).__name__}: {error}. Please report it with the command you ran."
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
