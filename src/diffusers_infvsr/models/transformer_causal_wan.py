@@ -218,7 +218,8 @@ class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
         p_t, p_h, p_w = self.patch_size
         ppf, pph, ppw = num_frames // p_t, height // p_h, width // p_w
 
-        freqs_dtype = torch.float32 if torch.backends.mps.is_available() else torch.float64
+        # float64 where the device has it (MPS has not); a device check, unlike a backend query, compiles.
+        freqs_dtype = torch.float32 if self.freqs_cos.device.type == "mps" else torch.float64
         positions = torch.arange(frame_offset, frame_offset + ppf, dtype=freqs_dtype, device=self.freqs_cos.device)
         time_cos, time_sin = get_1d_rotary_pos_embed(
             self.t_dim, positions, self.theta, use_real=True, repeat_interleave_real=True, freqs_dtype=freqs_dtype
@@ -368,12 +369,13 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_image: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        *,
         kv_cache: CausalWanKVCache | None = None,
         frame_offset: int | None = None,
         chunk_frames: list[int] | None = None,
         cache_frames: int = 3,
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
     ) -> CausalWanTransformerOutput | tuple:
         r"""
         Args:
@@ -385,6 +387,11 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                 Cross-attention context (the DAPE visual prompt for InfVSR).
             encoder_hidden_states_image (`torch.Tensor`, *optional*):
                 Image embeddings, for configurations with `image_dim` set.
+            return_dict (`bool`, defaults to `True`):
+                Whether to return a [`CausalWanTransformerOutput`]. Otherwise a tuple whose first element is the sample,
+                as for the parent model: `(sample,)`, or `(sample, kv_cache)` in streaming mode.
+            attention_kwargs (`dict`, *optional*):
+                Only `scale`, the LoRA scale, is used.
             kv_cache (`CausalWanKVCache`, *optional*):
                 Streaming mode: the cache returned with the previous chunk (or a fresh one). Not modified.
             frame_offset (`int`, *optional*):
@@ -393,10 +400,9 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                 Block-causal mode: latent frames of each chunk; must sum to `num_frames`.
             cache_frames (`int`, defaults to `3`):
                 Block-causal mode: past latent frames each chunk sees (streaming mode takes the cache's own).
-            return_dict (`bool`, defaults to `True`):
-                Whether to return a [`CausalWanTransformerOutput`] instead of a tuple `(sample, kv_cache)`.
-            attention_kwargs (`dict`, *optional*):
-                Only `scale`, the LoRA scale, is used.
+
+        The arguments after `attention_kwargs` are keyword-only, so positional calls written for
+        [`~diffusers.WanTransformer3DModel`] keep their meaning.
         """
         self._check_inputs(hidden_states, timestep, kv_cache, frame_offset, chunk_frames, cache_frames)
         batch_size, _, num_frames, height, width = hidden_states.shape
@@ -455,7 +461,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         output = hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
         if not return_dict:
-            return (output, new_cache)
+            return (output,) if new_cache is None else (output, new_cache)
         return CausalWanTransformerOutput(sample=output, kv_cache=new_cache)
 
     def _check_inputs(self, hidden_states, timestep, kv_cache, frame_offset, chunk_frames, cache_frames):
