@@ -13,8 +13,11 @@
 # limitations under the License.
 """Streaming causal encode/decode with diffusers' `AutoencoderKLWan`, with optional spatial tiles."""
 
+from contextlib import contextmanager
+
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _get_group_onload_device
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 
@@ -158,11 +161,37 @@ class WanVAEStream:
             size = state_dict[name]
             setattr(self, f"_{name}", tuple(size) if size is not None else None)
 
-    def _onload_vae(self) -> None:
-        # Under `enable_model_cpu_offload`, bring the VAE to the execution device as `vae.encode` / `vae.decode` do.
+    @contextmanager
+    def _vae_onloaded(self):
+        """
+        The streaming driver calls the VAE's encoder and decoder directly, never `vae.forward`, so the offloading
+        hooks that live on the VAE itself are run here: accelerate's (`enable_model_cpu_offload`), as `vae.encode`
+        does, and a group-offloading hook, which holds the weights of the VAE's modules outside block lists.
+        """
         hook = getattr(self.vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.vae)
+        registry = getattr(self.vae, "_diffusers_hook", None)
+        group_hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
+        if group_hook is not None:
+            group_hook.pre_forward(self.vae)
+        try:
+            yield
+        finally:
+            if group_hook is not None:
+                group_hook.post_forward(self.vae, None)
+
+    @property
+    def execution_device(self) -> torch.device:
+        """Where the VAE computes: the onload device under offloading, else the device of its weights."""
+        for module in self.vae.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        try:
+            return _get_group_onload_device(self.vae)
+        except ValueError:
+            return self.vae.device
 
     def _run_tiled(self, inputs, caches, num_convs, in_scale, out_scale, out_shape, run_tile):
         """Run `run_tile(tile_inputs, cache)` over the spatial tiles of `inputs` and blend the outputs."""
@@ -242,8 +271,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._encoded_size, "encoder")
         self._encoded_size = (height, width)
 
-        self._onload_vae()
-        video = video.to(device=self.vae.device, dtype=self.vae.dtype)
+        video = video.to(device=self.execution_device, dtype=self.vae.dtype)
         z_dim = self.vae.config.z_dim
         out_shape = (video.shape[0], z_dim, (num_frames - 1) // step + 1 if first else num_frames // step)
         out_shape += (height // self.spatial_scale, width // self.spatial_scale)
@@ -253,9 +281,10 @@ class WanVAEStream:
             outputs = [self.vae.encoder(group, feat_cache=cache, feat_idx=[0]) for group in groups if group.shape[2]]
             return self.vae.quant_conv(torch.cat(outputs, dim=2))[:, :z_dim]
 
-        posterior_mean = self._run_tiled(
-            video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
-        )
+        with self._vae_onloaded():
+            posterior_mean = self._run_tiled(
+                video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
+            )
         latents_mean, latents_std = latent_statistics(self.vae, posterior_mean)
         return (posterior_mean - latents_mean) / latents_std
 
@@ -278,8 +307,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._decoded_size, "decoder")
         self._decoded_size = (height, width)
 
-        self._onload_vae()
-        latents = latents.to(device=self.vae.device, dtype=self.vae.dtype)
+        latents = latents.to(device=self.execution_device, dtype=self.vae.dtype)
         latents_mean, latents_std = latent_statistics(self.vae, latents)
         latents = latents * latents_std + latents_mean
         num_frames = num_latent_frames * self.temporal_scale - (self.temporal_scale - 1 if first else 0)
@@ -294,7 +322,8 @@ class WanVAEStream:
             ]
             return torch.cat(outputs, dim=2)
 
-        video = self._run_tiled(
-            latents, self._decoder_caches, self._decoder_convs, 1, self.spatial_scale, out_shape, decode_tile
-        )
+        with self._vae_onloaded():
+            video = self._run_tiled(
+                latents, self._decoder_caches, self._decoder_convs, 1, self.spatial_scale, out_shape, decode_tile
+            )
         return video.clamp(-1.0, 1.0)

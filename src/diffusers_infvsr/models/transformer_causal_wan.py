@@ -20,6 +20,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader finds the base class here)
 from diffusers.models.transformers.transformer_wan import (
     WanRotaryPosEmbed,
     WanTransformer3DModel,
