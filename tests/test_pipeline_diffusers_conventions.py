@@ -232,16 +232,23 @@ def test_model_card_snippets_load_by_both_routes(saved, tmp_path):
 
 # 4. Low memory: every offload path runs the streaming pipeline with caches and tiles.
 
+def group_offload(offload_type, **kwargs):
+    def enable(pipe, tmp):
+        pipe.enable_group_offload(torch.device("cpu"), offload_type=offload_type, offload_to_disk_path=str(tmp), **kwargs)
+        # Offloaded to disk, the weights' in-memory storage is a placeholder: poison it, so that a group that is not
+        # onloaded before it computes (CPU-only tests cannot see devices) turns the frames into NaN.
+        for component in (pipe.transformer, pipe.vae, pipe.image_encoder):
+            for parameter in component.parameters():
+                parameter.data.fill_(float("nan"))
+
+    return enable
+
+
 OFFLOADS = {
     "model_cpu_offload": lambda pipe, tmp: pipe.enable_model_cpu_offload(device="cpu"),
     "sequential_cpu_offload": lambda pipe, tmp: pipe.enable_sequential_cpu_offload(device="cpu"),
-    # On disk, offloaded weights are emptied: a group that is not onloaded computes with garbage.
-    "group_offload_block": lambda pipe, tmp: pipe.enable_group_offload(
-        torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp)
-    ),
-    "group_offload_leaf": lambda pipe, tmp: pipe.enable_group_offload(
-        torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp)
-    ),
+    "group_offload_block": group_offload("block_level", num_blocks_per_group=1),
+    "group_offload_leaf": group_offload("leaf_level"),
 }
 
 
