@@ -13,11 +13,9 @@
 # limitations under the License.
 """Streaming causal encode/decode with diffusers' `AutoencoderKLWan`, with optional spatial tiles."""
 
-from contextlib import contextmanager
-
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _get_group_onload_device
+from diffusers.hooks.group_offloading import _get_group_onload_device
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 
@@ -161,25 +159,13 @@ class WanVAEStream:
             size = state_dict[name]
             setattr(self, f"_{name}", tuple(size) if size is not None else None)
 
-    @contextmanager
-    def _vae_onloaded(self):
-        """
-        The streaming driver calls the VAE's encoder and decoder directly, never `vae.forward`, so the offloading
-        hooks that live on the VAE itself are run here: accelerate's (`enable_model_cpu_offload`), as `vae.encode`
-        does, and a group-offloading hook, which holds the weights of the VAE's modules outside block lists.
-        """
+    def _onload_vae(self) -> None:
+        # The driver calls the VAE's encoder and decoder directly, never `vae.forward`, so the hook that
+        # `enable_model_cpu_offload` puts on the VAE itself is run here, as `vae.encode` / `vae.decode` do. (Group
+        # offloading hooks the encoder, decoder and quant convs of `AutoencoderKLWan` themselves.)
         hook = getattr(self.vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.vae)
-        registry = getattr(self.vae, "_diffusers_hook", None)
-        group_hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
-        if group_hook is not None:
-            group_hook.pre_forward(self.vae)
-        try:
-            yield
-        finally:
-            if group_hook is not None:
-                group_hook.post_forward(self.vae, None)
 
     @property
     def execution_device(self) -> torch.device:
@@ -281,10 +267,10 @@ class WanVAEStream:
             outputs = [self.vae.encoder(group, feat_cache=cache, feat_idx=[0]) for group in groups if group.shape[2]]
             return self.vae.quant_conv(torch.cat(outputs, dim=2))[:, :z_dim]
 
-        with self._vae_onloaded():
-            posterior_mean = self._run_tiled(
-                video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
-            )
+        self._onload_vae()
+        posterior_mean = self._run_tiled(
+            video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
+        )
         latents_mean, latents_std = latent_statistics(self.vae, posterior_mean)
         return (posterior_mean - latents_mean) / latents_std
 
@@ -322,8 +308,8 @@ class WanVAEStream:
             ]
             return torch.cat(outputs, dim=2)
 
-        with self._vae_onloaded():
-            video = self._run_tiled(
-                latents, self._decoder_caches, self._decoder_convs, 1, self.spatial_scale, out_shape, decode_tile
-            )
+        self._onload_vae()
+        video = self._run_tiled(
+            latents, self._decoder_caches, self._decoder_convs, 1, self.spatial_scale, out_shape, decode_tile
+        )
         return video.clamp(-1.0, 1.0)
