@@ -232,9 +232,12 @@ def test_model_card_snippets_load_by_both_routes(saved, tmp_path):
 
 # 4. Low memory: every offload path runs the streaming pipeline with caches and tiles.
 
+
 def group_offload(offload_type, **kwargs):
     def enable(pipe, tmp):
-        pipe.enable_group_offload(torch.device("cpu"), offload_type=offload_type, offload_to_disk_path=str(tmp), **kwargs)
+        pipe.enable_group_offload(
+            torch.device("cpu"), offload_type=offload_type, offload_to_disk_path=str(tmp), **kwargs
+        )
         # Offloaded to disk, the weights' in-memory storage is a placeholder: poison it, so that a group that is not
         # onloaded before it computes (CPU-only tests cannot see devices) turns the frames into NaN.
         for component in (pipe.transformer, pipe.vae, pipe.image_encoder):

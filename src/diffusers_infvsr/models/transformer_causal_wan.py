@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.hooks.context_parallel import EquipartitionSharder
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader finds the base class here)
@@ -59,18 +60,12 @@ class CausalWanKVCache:
             raise ValueError(f"`start_frame` must be >= 0, got {start_frame}.")
         self.cache_frames = cache_frames
         self.next_frame = start_frame
+        # Number of latent frames held. Under context parallelism each rank holds an equal share of their tokens.
+        self.num_frames = 0
         # (batch_size, post_patch_height, post_patch_width) of the chunks seen so far; None while empty.
         self.grid: tuple[int, int, int] | None = None
         self.key_states: list[torch.Tensor] = []
         self.value_states: list[torch.Tensor] = []
-
-    @property
-    def num_frames(self) -> int:
-        """Number of latent frames currently held."""
-        if not self.key_states:
-            return 0
-        _, height, width = self.grid
-        return self.key_states[0].shape[1] // (height * width)
 
     def check_compatible(self, batch_size: int, post_patch_height: int, post_patch_width: int) -> None:
         """Raise a `ValueError` if a chunk of this grid cannot continue the cached stream."""
@@ -86,6 +81,7 @@ class CausalWanKVCache:
         return {
             "cache_frames": self.cache_frames,
             "next_frame": self.next_frame,
+            "num_frames": self.num_frames,
             "grid": self.grid,
             "key_states": [state.cpu() for state in self.key_states],
             "value_states": [state.cpu() for state in self.value_states],
@@ -98,11 +94,18 @@ class CausalWanKVCache:
         cache.grid = tuple(state_dict["grid"]) if state_dict["grid"] is not None else None
         cache.key_states = [state.to(device) for state in state_dict["key_states"]]
         cache.value_states = [state.to(device) for state in state_dict["value_states"]]
+        if "num_frames" in state_dict:
+            cache.num_frames = state_dict["num_frames"]
+        elif cache.key_states:  # saved before the count was stored: one process, all tokens
+            cache.num_frames = cache.key_states[0].shape[1] // (cache.grid[1] * cache.grid[2])
         return cache
 
-    def successor(self, grid: tuple[int, int, int], next_frame: int, num_layers: int) -> "CausalWanKVCache":
-        """An empty cache that the forward pass of one chunk fills, layer by layer."""
+    def successor(
+        self, grid: tuple[int, int, int], next_frame: int, num_frames: int, num_layers: int
+    ) -> "CausalWanKVCache":
+        """An empty cache for `num_frames` latent frames that the forward pass of one chunk fills, layer by layer."""
         cache = CausalWanKVCache(self.cache_frames, next_frame)
+        cache.num_frames = num_frames
         cache.grid = grid
         cache.key_states = [None] * num_layers
         cache.value_states = [None] * num_layers
@@ -179,13 +182,13 @@ class CausalWanAttnProcessor:
         key = apply_rotary_emb(key, inputs.freqs_cos, inputs.freqs_sin)
 
         if inputs.new_cache is not None:
+            cached_tokens = 0
             if inputs.past_cache is not None and inputs.past_cache.key_states:
+                cached_tokens = inputs.past_cache.key_states[self.layer_index].shape[1]
                 key = torch.cat([inputs.past_cache.key_states[self.layer_index], key], dim=1)
                 value = torch.cat([inputs.past_cache.value_states[self.layer_index], value], dim=1)
-            # Copy the kept tail so the cache does not pin the storage of the whole concatenation.
-            first_kept = key.shape[1] - inputs.keep_tokens
-            inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:].clone()
-            inputs.new_cache.value_states[self.layer_index] = value[:, first_kept:].clone()
+            inputs.new_cache.key_states[self.layer_index] = self._kept_tail(key, cached_tokens, inputs.keep_tokens)
+            inputs.new_cache.value_states[self.layer_index] = self._kept_tail(value, cached_tokens, inputs.keep_tokens)
 
         hidden_states = dispatch_attention_fn(
             query,
@@ -195,12 +198,37 @@ class CausalWanAttnProcessor:
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
-            parallel_config=None,
+            parallel_config=self._parallel_config,
         )
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states
+
+    def _kept_tail(self, states: torch.Tensor, cached_tokens: int, keep_tokens: int) -> torch.Tensor:
+        """
+        The last `keep_tokens` tokens of `[cached, chunk]` states `(batch, tokens, heads, head_dim)`, copied so the
+        cache does not pin the storage of the whole concatenation.
+
+        Under context parallelism each rank holds a shard of the cached tokens followed by a shard of the chunk's
+        tokens. Attention does not depend on the order of keys, so any even split of the kept tokens over the ranks
+        serves; the tail is taken in sequence order (gathered across ranks) and sharded again as diffusers shards.
+        """
+        config = self._parallel_config.context_parallel_config if self._parallel_config is not None else None
+        if config is None:
+            return states[:, states.shape[1] - keep_tokens :].clone()
+        mesh = config._flattened_mesh
+        if keep_tokens % mesh.size():
+            raise ValueError(
+                f"With context parallelism over {mesh.size()} processes the cache's {keep_tokens} tokens must split "
+                "evenly; choose a frame size or `cache_frames` whose token count is a multiple of the process count."
+            )
+        batch_size, local_tokens, heads, head_dim = states.shape
+        gathered = EquipartitionSharder.unshard(states, 1, mesh).unflatten(1, (mesh.size(), local_tokens))
+        in_order = torch.cat(
+            [gathered[:, :, :cached_tokens].flatten(1, 2), gathered[:, :, cached_tokens:].flatten(1, 2)], dim=1
+        )
+        return EquipartitionSharder.shard(in_order[:, in_order.shape[1] - keep_tokens :], 1, mesh).clone()
 
 
 class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
@@ -321,6 +349,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
     ```
     """
 
+    # The parent's plan without its entry for the model itself, which splits per-token timesteps (Wan 2.2 TI2V; here
+    # timesteps are per sample) and requires the output to be tensors (a streaming call also returns the cache).
+    _cp_plan = {name: plan for name, plan in WanTransformer3DModel._cp_plan.items() if name != ""}
+
     @register_to_config
     def __init__(
         self,
@@ -421,8 +453,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         if kv_cache is not None:
             grid = (batch_size, post_patch_height, post_patch_width)
             kv_cache.check_compatible(*grid)
-            new_cache = kv_cache.successor(grid, frame_offset + post_patch_num_frames, len(self.blocks))
             kept_frames = min(kv_cache.cache_frames, kv_cache.num_frames + post_patch_num_frames)
+            new_cache = kv_cache.successor(grid, frame_offset + post_patch_num_frames, kept_frames, len(self.blocks))
             self_attention_inputs.past_cache = kv_cache
             self_attention_inputs.new_cache = new_cache
             self_attention_inputs.keep_tokens = kept_frames * tokens_per_frame
