@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY_VAE_CONFIG, lr_video, make_tiny_pipeline
 from diffusers import AutoencoderKLWan, DiffusionPipeline, PipelineQuantizationConfig
+from diffusers.pipelines.pipeline_loading_utils import _get_custom_components_and_folders, _get_pipeline_class
 from huggingface_hub import ModelCard
 from remote_code_worker import WORKER_CLIP, run_without_package
 
@@ -130,6 +131,22 @@ def test_hub_id_with_revision_cache_dir_and_offline_arguments(saved, tmp_path, m
     np.testing.assert_allclose(pipe(video=lr_video(**WORKER_CLIP), output_type="np").frames, expected, atol=1e-5)
     with pytest.raises(EnvironmentError):
         load("someone/not-cached", cache_dir=cache_dir)
+
+
+def test_the_hub_download_step_accepts_the_folder_for_the_package_class(saved):
+    # Online (or with a cached file listing) `download` reads model_index.json through the pipeline class, checks
+    # every custom component against the repository's files, and resolves the class to size the download.
+    path = saved[0]
+    config = InfVSRPipeline._dict_from_json_file(path / "model_index.json")
+    assert config["_class_name"] == "InfVSRPipeline"
+    files = [str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()]
+    custom, _ = _get_custom_components_and_folders("someone/infvsr-tiny", config, files)
+    assert custom == {
+        "transformer": "transformer_causal_wan",
+        "image_encoder": "image_encoder_dape",
+        "scheduler": "scheduling_infvsr",
+    }
+    assert _get_pipeline_class(InfVSRPipeline, config) is InfVSRPipeline
 
 
 def test_diffusion_pipeline_from_pretrained_names_what_to_pass(saved):

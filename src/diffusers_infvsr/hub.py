@@ -106,28 +106,35 @@ def uses_package_modules(pipeline_class) -> bool:
     return not pipeline_class.__module__.startswith(DIFFUSERS_DYNAMIC_MODULE_NAME)
 
 
-def package_model_index(config: dict, pipeline_class) -> dict:
+def package_class_name(config: dict, pipeline_class) -> dict:
     r"""
-    A `model_index.json` dict in the Hub layout, read back for `pipeline_class` itself: `_class_name` becomes the class
-    name and every component whose remote-code module is one of the pipeline's own component modules names that
-    module, so diffusers loads the installed classes instead of executing the repository's copies.
+    A `model_index.json` dict in the Hub layout, with `_class_name` naming `pipeline_class` itself rather than the
+    repository's copy of it, so that loading through `pipeline_class` runs none of the repository's code.
+    """
+    class_name = config.get("_class_name")
+    if (
+        uses_package_modules(pipeline_class)
+        and isinstance(class_name, (list, tuple))
+        and class_name[1] == pipeline_class.__name__
+    ):
+        config = {**config, "_class_name": pipeline_class.__name__}
+    return config
+
+
+def package_component_modules(config: dict, pipeline_class) -> dict:
+    r"""
+    A `model_index.json` dict in the Hub layout, with every component whose remote-code module is one of
+    `pipeline_class`'s own component modules naming that module, so diffusers loads the installed classes.
     """
     if not uses_package_modules(pipeline_class):
         return config
     config = dict(config)
-    if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][1] == pipeline_class.__name__:
-        config["_class_name"] = pipeline_class.__name__
-    component_classes = {
-        name: annotation
-        for name, annotation in inspect.get_annotations(pipeline_class.__init__, eval_str=True).items()
-        if inspect.isclass(annotation)
-    }
-    for name, component_class in component_classes.items():
+    for name, component_class in inspect.get_annotations(pipeline_class.__init__, eval_str=True).items():
         entry = config.get(name)
         if (
-            isinstance(entry, (list, tuple))
-            and entry[1] == component_class.__name__
-            and entry[0] == component_class.__module__.rsplit(".", 1)[-1]
+            inspect.isclass(component_class)
+            and isinstance(entry, (list, tuple))
+            and list(entry) == [component_class.__module__.rsplit(".", 1)[-1], component_class.__name__]
         ):
             config[name] = [component_class.__module__, component_class.__name__]
     return config

@@ -30,7 +30,13 @@ from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 from huggingface_hub import create_repo
 
-from .hub import default_model_card_path, package_model_index, render_model_card, write_remote_code
+from .hub import (
+    default_model_card_path,
+    package_class_name,
+    package_component_modules,
+    render_model_card,
+    write_remote_code,
+)
 from .models.image_encoder_dape import DAPEImageEncoder
 from .models.transformer_causal_wan import CausalWanKVCache, CausalWanTransformer3DModel
 from .scheduling_infvsr import InfVSRScheduler
@@ -198,12 +204,18 @@ class InfVSRPipeline(DiffusionPipeline):
         self.vae_tile_latent_size = vae_tile_latent_size
         self.vae_tile_latent_stride = vae_tile_latent_stride
 
+    # `model_index.json` is in the Hub's remote-code layout so that diffusers alone can load it (see `hub.py`). Read
+    # back by this class, it names this class (for `download` and `from_pretrained`, which both read the file here)
+    # and, once the files are local, the installed component classes: `DiffusionPipeline.from_pretrained` then runs
+    # unchanged and executes no code from the repository.
+
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
-        # `model_index.json` is in the Hub's remote-code layout so that diffusers alone can load it (see `hub.py`);
-        # read back by this class, it names this class and the installed component classes, so loading runs
-        # `DiffusionPipeline.from_pretrained` unchanged and executes no code from the repository.
-        return package_model_index(super()._dict_from_json_file(json_file), cls)
+        return package_class_name(super()._dict_from_json_file(json_file), cls)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):
+        return super().extract_init_dict(package_component_modules(config_dict, cls), **kwargs)
 
     def save_pretrained(
         self,
