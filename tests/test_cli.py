@@ -199,7 +199,7 @@ def bad_inputs(tmp_path_factory):
         (["good.mp4", "-o", "existing.mp4"], "existing.mp4 already exists. Pass --overwrite"),
         (["good.mp4", "-o", "out.avi"], "the output must be one of .mp4, .mkv, .mov"),
         (["good.mp4", "-o", "out.mp4", "--model", "no/such-model"], "Cannot load the model 'no/such-model'"),
-        (["good.mp4", "-o", "out.mp4", "--model", "."], "is not an InfVSR pipeline folder"),
+        (["good.mp4", "-o", "out.mp4", "--model", "."], "no file named model_index.json"),
     ],
 )
 def test_bad_input_gives_one_clear_error(bad_inputs, tiny_pipeline_dir, arguments, message):

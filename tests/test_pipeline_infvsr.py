@@ -168,7 +168,7 @@ def test_bfloat16_weights_run_close_to_float32(tiny_pipeline_dir):
     video = lr_video(9)
     outputs = {}
     for dtype in (torch.float32, torch.bfloat16):
-        pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=dtype)
+        pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == dtype
         outputs[dtype] = pipe(video=video, output_type="np").frames

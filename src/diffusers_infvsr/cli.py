@@ -128,7 +128,7 @@ def load_pipeline(args: argparse.Namespace) -> InfVSRPipeline:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     try:
-        pipe = InfVSRPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipe = InfVSRPipeline.from_pretrained(args.model, dtype=dtype)
     except Exception as error:  # a bad path, an unknown Hub id or no network: all end the same way for the user
         raise ModelLoadError(
             f"Cannot load the model {args.model!r}: {str(error).rstrip('.')}. Pass an InfVSR diffusers folder (made with `python -m "
