@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 
-from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES, _unwrap_model
 from diffusers.utils import DIFFUSERS_DYNAMIC_MODULE_NAME
 
 
@@ -66,6 +66,7 @@ def write_remote_code(pipeline, save_directory: str | os.PathLike) -> None:
 
     component_folders = {}  # module basename -> component folder
     for name, component in pipeline.components.items():
+        component = _unwrap_model(component)  # the class under `torch.compile` (as diffusers records it)
         if name not in model_index or model_index[name][0] is None or not _is_custom(component):
             continue
         module_name = type(component).__module__

@@ -329,6 +329,9 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
     The temporal RoPE index is absolute (`frame_offset`, or the cache's `next_frame`) and unbounded; height and width
     indices start at 0 in every chunk.
 
+    Streaming works under diffusers' context parallelism (`enable_parallelism(config=ContextParallelConfig(...))`):
+    each rank keeps an even share of the cached tokens, so those of `cache_frames` latent frames must split evenly.
+
     Example:
 
     ```py
