@@ -232,7 +232,7 @@ NO_CUDA = "cuda" if not torch.cuda.is_available() else None
         (["--output", "existing.mp4"], 1, "existing.mp4 already exists. Pass --overwrite"),
         (["--output", "out.avi"], 1, "the output must be one of .mp4, .mkv, .mov"),
         (["--model", "no/such-model"], 1, "Cannot load the model 'no/such-model'"),
-        (["--model", "."], 1, "is not an InfVSR pipeline folder"),
+        (["--model", "."], 1, "no file named model_index.json"),
         (["--model", "TINY", "--scale", "40"], 1, "needs 40 positions a side, but the model's position table has 32"),
     ],
 )

@@ -12,6 +12,7 @@ from original_layouts import (
     original_wan_dit_state_dict,
     original_wan_vae_state_dict,
 )
+from remote_code_worker import WORKER_CLIP, run_without_package
 from safetensors.torch import load_file
 
 from diffusers_infvsr import InfVSRPipeline, convert
@@ -63,6 +64,13 @@ def test_convert_command_writes_a_loadable_pipeline_folder(release_files, tmp_pa
     original = original_wan_dit_state_dict(TINY_TRANSFORMER_CONFIG)
     assert torch.equal(pipe.transformer.blocks[1].attn1.to_q.weight, original["blocks.1.self_attn.q.weight"])
 
+    # The converted folder carries the remote code: diffusers alone loads it and produces the same frames.
+    expected = pipe(video=lr_video(**WORKER_CLIP), output_type="np").frames
+    without_package, _ = run_without_package(output_dir, tmp_path / "diffusers-only")
+    np.testing.assert_allclose(without_package, expected, rtol=0, atol=1e-5)
+    # With no repository given, the model card's snippets load the output folder.
+    assert f'InfVSRPipeline.from_pretrained("{output_dir}"' in (output_dir / "README.md").read_text()
+
 
 def test_convert_command_in_bf16_and_push_to_hub(release_files, tmp_path, monkeypatch):
     uploads = []
@@ -71,6 +79,9 @@ def test_convert_command_in_bf16_and_push_to_hub(release_files, tmp_path, monkey
     output_dir = tmp_path / "bf16"
     assert convert.main(command(release_files, output_dir, "--dtype", "bf16", "--push_to_hub", "me/infvsr")) == 0
     assert uploads == [("create", "me/infvsr"), ("upload", "me/infvsr")]
+    card = (output_dir / "README.md").read_text()
+    assert 'InfVSRPipeline.from_pretrained("me/infvsr"' in card and "<this repository>" not in card
+    assert 'DiffusionPipeline.from_pretrained("me/infvsr", trust_remote_code=True' in card
     for component in ("transformer", "vae", "image_encoder"):
         weights = load_file(output_dir / component / "diffusion_pytorch_model.safetensors")
         assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}, component

@@ -1,10 +1,3 @@
-import importlib
-import json
-import os
-import shutil
-import subprocess
-import sys
-
 import numpy as np
 import PIL.Image
 import pytest
@@ -158,12 +151,6 @@ def test_save_load_round_trip_and_model_index(tiny_pipeline, tmp_path):
     expected = tiny_pipeline(video=lr_video(5), output_type="np").frames
     tiny_pipeline.save_pretrained(tmp_path)
 
-    with open(tmp_path / "model_index.json") as f:
-        model_index = json.load(f)
-    for name in ("transformer", "vae", "image_encoder", "scheduler"):
-        library, class_name = model_index[name]
-        assert hasattr(importlib.import_module(library), class_name), (library, class_name)
-
     loaded = InfVSRPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     for name, component in tiny_pipeline.components.items():
@@ -177,41 +164,11 @@ def test_save_load_round_trip_and_model_index(tiny_pipeline, tmp_path):
     np.testing.assert_allclose(loaded(video=lr_video(5), output_type="np").frames, expected, rtol=0, atol=1e-5)
 
 
-def test_loads_from_an_offline_hub_cache(tiny_pipeline_dir, tmp_path):
-    # Lay the saved folder out as huggingface_hub's cache does for a downloaded repository.
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--infvsr-tiny"
-    shutil.copytree(tiny_pipeline_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-    script = (
-        "import numpy as np; from diffusers_infvsr import InfVSRPipeline; "
-        "pipe = InfVSRPipeline.from_pretrained('someone/infvsr-tiny'); pipe.set_progress_bar_config(disable=True); "
-        "print(pipe(video=np.zeros((2, 8, 8, 3), np.uint8), output_type='np').frames.shape)"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(1, 2, 32, 32, 3)"
-
-    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "someone/infvsr-tiny" in result.stderr
-
-
-def test_model_cpu_offload(tiny_pipeline):
-    expected = tiny_pipeline(video=lr_video(5), output_type="np").frames
-    tiny_pipeline.enable_model_cpu_offload(device="cpu")
-    assert all(hasattr(tiny_pipeline.components[name], "_hf_hook") for name in ("transformer", "vae", "image_encoder"))
-    assert np.array_equal(tiny_pipeline(video=lr_video(5), output_type="np").frames, expected)
-
-
 def test_bfloat16_weights_run_close_to_float32(tiny_pipeline_dir):
     video = lr_video(9)
     outputs = {}
     for dtype in (torch.float32, torch.bfloat16):
-        pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=dtype)
+        pipe = InfVSRPipeline.from_pretrained(tiny_pipeline_dir, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == dtype
         outputs[dtype] = pipe(video=video, output_type="np").frames

@@ -208,17 +208,52 @@ def test_attention_goes_through_dispatch_and_set_attention_backend(tiny_transfor
 
 
 @torch.no_grad()
-def test_torch_compile_streams_with_the_cache(tiny_transformer):
-    latents, context = inputs(num_frames=12)
-    eager, eager_cache = stream(tiny_transformer, latents, context, [3, 3, 3, 3], CausalWanKVCache(3))
+def test_fullgraph_compile_streams_without_recompiling(tiny_transformer):
+    # Dynamo (the "eager" backend keeps the test cheap): no graph break in streaming mode, and once the cache is full
+    # and the temporal offset has turned dynamic (chunks 1-3), later chunks of the same shape reuse the graph.
+    latents, context = inputs(num_frames=18)
+    chunks = [3] * 6
+    eager, eager_cache = stream(tiny_transformer, latents, context, chunks, CausalWanKVCache(3))
 
     torch._dynamo.reset()
-    compiled = torch.compile(tiny_transformer, backend="aot_eager")
-    result, cache = stream(compiled, latents, context, [3, 3, 3, 3], CausalWanKVCache(3))
+    compiled = torch.compile(tiny_transformer, fullgraph=True, backend="eager")
+    warm, cache = stream(compiled, latents[:, :, :9], context, chunks[:3], CausalWanKVCache(3))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        rest, cache = stream(compiled, latents[:, :, 9:], context, chunks[3:], cache)
+    torch._dynamo.reset()
 
-    torch.testing.assert_close(result, eager, rtol=0, atol=1e-5)
-    assert cache.num_frames == eager_cache.num_frames == 3
+    torch.testing.assert_close(torch.cat([warm, rest], dim=2), eager, rtol=0, atol=1e-5)
+    assert cache.num_frames == eager_cache.num_frames == 3 and cache.next_frame == 18
     torch.testing.assert_close(cache.key_states[-1], eager_cache.key_states[-1], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_compile_repeated_blocks_streams_with_the_cache(tiny_transformer):
+    latents, context = inputs(num_frames=9)
+    eager, _ = stream(tiny_transformer, latents, context, [3, 3, 3], CausalWanKVCache(3))
+    torch._dynamo.reset()
+    tiny_transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+    compiled, _ = stream(tiny_transformer, latents, context, [3, 3, 3], CausalWanKVCache(3))
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_parent_call_conventions(tiny_transformer):
+    """Positional calls written for WanTransformer3DModel keep their meaning; tuples start with the sample."""
+    latents, context = inputs(num_frames=3)
+    stock = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+    stock.load_state_dict(tiny_transformer.state_dict())
+    # (hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict)
+    output = tiny_transformer(latents, TIMESTEP, context, None, False)
+    assert isinstance(output, tuple) and len(output) == 1
+    torch.testing.assert_close(output[0], stock(latents, TIMESTEP, context, None, False)[0], rtol=0, atol=1e-6)
+
+    sample, cache = tiny_transformer(latents, TIMESTEP, context, return_dict=False, kv_cache=CausalWanKVCache(3))
+    torch.testing.assert_close(sample, output[0], rtol=0, atol=1e-6)  # an empty cache: full attention over the chunk
+    assert isinstance(cache, CausalWanKVCache) and cache.num_frames == 3
+    with pytest.raises(TypeError):
+        tiny_transformer(latents, TIMESTEP, context, None, True, None, CausalWanKVCache(3))
 
 
 @torch.no_grad()

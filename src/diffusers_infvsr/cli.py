@@ -216,7 +216,7 @@ def load_pipeline(args: argparse.Namespace, device=None):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     try:
-        pipe = InfVSRPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipe = InfVSRPipeline.from_pretrained(args.model, dtype=dtype)
     except Exception as error:  # a bad path, an unknown Hub id or no network: all end the same way for the user
         raise CommandError(
             f"Cannot load the model {args.model!r}: {str(error).rstrip('.')}. Pass an InfVSR diffusers folder (made "

@@ -20,7 +20,6 @@ Swin-L `visual_encoder.*` and `image_proj.*`) and `DAPE.pth` (LoRA for every `at
 import inspect
 import os
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
+from .hub import default_model_card_path, render_model_card
 from .models import CausalWanTransformer3DModel, DAPEImageEncoder
 from .pipeline_infvsr import InfVSRPipeline
 from .scheduling_infvsr import InfVSRScheduler
@@ -404,17 +404,6 @@ def convert_image_encoder(
     )
 
 
-def default_model_card_path() -> Path | None:
-    """`model_card.md` of a source checkout, or the copy installed under `<prefix>/share/diffusers-infvsr`."""
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "model_card.md",
-        Path(sys.prefix) / "share" / "diffusers-infvsr" / "model_card.md",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def convert_infvsr(
     dit_path: str | os.PathLike,
     vae_path: str | os.PathLike,
@@ -426,11 +415,13 @@ def convert_infvsr(
     transformer_config: dict = INFVSR_TRANSFORMER_CONFIG,
     vae_config: dict | None = None,
     image_encoder_config: dict | None = None,
+    repo_id: str | None = None,
 ) -> InfVSRPipeline:
     r"""
     Convert the four released files into an [`InfVSRPipeline`] saved under `output_dir` (safetensors per component,
-    `model_index.json`, scheduler config, and the model card as `README.md`). `output_dir` must not exist or be
-    empty; the folder appears only once complete.
+    `model_index.json`, scheduler config, the pipeline's remote code, and the model card as `README.md`, whose usage
+    snippets load `repo_id`, or `output_dir` when no repository is given). `output_dir` must not exist or be empty;
+    the folder appears only once complete.
 
     Example:
 
@@ -457,7 +448,8 @@ def convert_infvsr(
     partial_dir = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
     try:
         pipe.save_pretrained(partial_dir, safe_serialization=True)
-        shutil.copyfile(model_card, partial_dir / "README.md")
+        card = render_model_card(model_card, repo_id or str(output_dir))
+        (partial_dir / "README.md").write_text(card, encoding="utf-8")
         os.replace(partial_dir, output_dir)
     finally:
         shutil.rmtree(partial_dir, ignore_errors=True)

@@ -71,6 +71,7 @@ def main(argv=None) -> int:
             transformer_config={**INFVSR_TRANSFORMER_CONFIG, **configs.get("transformer", {})},
             vae_config=configs.get("vae"),
             image_encoder_config=configs.get("image_encoder"),
+            repo_id=args.push_to_hub,
         )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

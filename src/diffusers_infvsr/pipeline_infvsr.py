@@ -16,23 +16,34 @@
 import enum
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, DiffusionPipeline
-from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
-from huggingface_hub import snapshot_download
+from huggingface_hub import create_repo
 
+from .hub import (
+    default_model_card_path,
+    package_class_name,
+    package_component_modules,
+    render_model_card,
+    write_remote_code,
+)
 from .models.image_encoder_dape import DAPEImageEncoder
 from .models.transformer_causal_wan import CausalWanKVCache, CausalWanTransformer3DModel
 from .scheduling_infvsr import InfVSRScheduler
 from .vae_stream import WanVAEStream
 
+
+logger = logging.get_logger(__name__)
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -40,7 +51,7 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers.utils import export_to_video, load_video
         >>> from diffusers_infvsr import InfVSRPipeline
 
-        >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", torch_dtype=torch.bfloat16).to("cuda")
+        >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", dtype=torch.bfloat16).to("cuda")
         >>> video = load_video("low_resolution.mp4")  # list of PIL images
         >>> frames = pipe(video=video, upscale_factor=4).frames[0]
         >>> export_to_video(frames, "upscaled.mp4", fps=24)
@@ -151,9 +162,17 @@ class InfVSRPipeline(DiffusionPipeline):
         image_encoder ([`DAPEImageEncoder`]): Swin-L visual-prompt encoder with DAPE merged.
         scheduler ([`InfVSRScheduler`]): Flow-matching schedule (shift 5) and the one-step timestep.
 
-    Attributes that may be changed after loading: `cache_frames` (3, past latent frames each chunk attends to),
-    `vae_tile_threshold` (1024: the VAE is tiled when the padded output height exceeds it, as in the release), and
-    `vae_tile_latent_size` / `vae_tile_latent_stride` (128 / 110 latent pixels).
+        cache_frames (`int`, defaults to 3):
+            Past latent frames each chunk attends to through the KV cache (the paper's M = 3; 0 disables the cache).
+        vae_tile_threshold (`int`, defaults to 1024):
+            The VAE works in spatial tiles when the padded output height exceeds this many pixels (as in the release).
+            `pipe.vae.enable_tiling()` tiles every frame larger than one tile instead, with the VAE's tile settings.
+        vae_tile_latent_size (`int`, defaults to 128), vae_tile_latent_stride (`int`, defaults to 110):
+            Tile side and distance between tile starts, in latent pixels (8 output pixels each).
+
+    The settings are part of the pipeline config: they are saved in `model_index.json`, reloaded by `from_pretrained`
+    (where they may also be overridden, e.g. `from_pretrained(path, cache_frames=2)`), and carried over by
+    `from_pipe`. Assigning one (`pipe.cache_frames = 2`) updates the config.
     """
 
     model_cpu_offload_seq = "image_encoder->transformer->vae"
@@ -164,61 +183,94 @@ class InfVSRPipeline(DiffusionPipeline):
         vae: AutoencoderKLWan,
         image_encoder: DAPEImageEncoder,
         scheduler: InfVSRScheduler,
+        cache_frames: int = 3,
+        vae_tile_threshold: int = 1024,
+        vae_tile_latent_size: int = 128,
+        vae_tile_latent_stride: int = 110,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, image_encoder=image_encoder, scheduler=scheduler)
+        self.register_to_config(
+            cache_frames=cache_frames,
+            vae_tile_threshold=vae_tile_threshold,
+            vae_tile_latent_size=vae_tile_latent_size,
+            vae_tile_latent_stride=vae_tile_latent_stride,
+        )
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
-        self.vae_tile_threshold = 1024
-        self.vae_tile_latent_size = 128
-        self.vae_tile_latent_stride = 110
-        self.cache_frames = 3
+        # Plain attributes mirrored in the config: assigning one later updates the config too (DiffusionPipeline).
+        self.cache_frames = cache_frames
+        self.vae_tile_threshold = vae_tile_threshold
+        self.vae_tile_latent_size = vae_tile_latent_size
+        self.vae_tile_latent_stride = vae_tile_latent_stride
+
+    # `model_index.json` is in the Hub's remote-code layout so that diffusers alone can load it (see `hub.py`). Read
+    # back by this class, it names this class (for `download` and `from_pretrained`, which both read the file here)
+    # and, once the files are local, the installed component classes: `DiffusionPipeline.from_pretrained` then runs
+    # unchanged and executes no code from the repository.
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "InfVSRPipeline":
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        return package_class_name(super()._dict_from_json_file(json_file), cls)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):
+        return super().extract_init_dict(package_component_modules(config_dict, cls), **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
         r"""
-        Load the pipeline from a local folder or a Hub repository id (`HF_HUB_OFFLINE=1` reads the local cache).
-
-        `DiffusionPipeline.from_pretrained` resolves component classes from diffusers and transformers only; this
-        loads each component with its own class, accepting the usual `torch_dtype`, `cache_dir`, `revision`, `token`,
-        `local_files_only` and `force_download` arguments.
+        [`~diffusers.DiffusionPipeline.save_pretrained`], plus the package's source as Hub remote code, so the folder
+        also loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` where `diffusers_infvsr`
+        is not installed. With `push_to_hub=True` (and `repo_id=...`), the model card names the repository.
         """
-        download_kwargs = {
-            key: kwargs.pop(key)
-            for key in ("cache_dir", "revision", "token", "local_files_only", "force_download")
-            if key in kwargs
-        }
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for InfVSRPipeline.from_pretrained: {sorted(kwargs)}.")
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):
-            folder = snapshot_download(folder, **download_kwargs)
-        missing = [
-            name
-            for name in ("model_index.json", *cls._component_classes())
-            if not os.path.exists(os.path.join(folder, name))
-        ]
-        if missing:
-            raise ValueError(f"{pretrained_model_name_or_path} is not an InfVSR pipeline folder: missing {missing}.")
-        components = {
-            name: component_class.from_pretrained(
-                os.path.join(folder, name), **({} if name == "scheduler" else {"torch_dtype": torch_dtype})
-            )
-            for name, component_class in cls._component_classes().items()
-        }
-        pipe = cls(**components)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipe
+        super().save_pretrained(
+            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
+        )
+        write_remote_code(self, save_directory)
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1])
+            self._push_folder(save_directory, repo_id, **kwargs)
 
-    @staticmethod
-    def _component_classes() -> dict:
-        return {
-            "transformer": CausalWanTransformer3DModel,
-            "vae": AutoencoderKLWan,
-            "image_encoder": DAPEImageEncoder,
-            "scheduler": InfVSRScheduler,
-        }
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+    ) -> str:
+        r"""
+        Upload the pipeline (weights, remote code and a model card that names `repo_id`) to the Hugging Face Hub.
+
+        Example:
+
+        ```py
+        >>> pipe.push_to_hub("your-name/InfVSR-diffusers")
+        ```
+        """
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            return self._push_folder(
+                folder, repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr
+            )
+
+    def _push_folder(self, folder, repo_id, commit_message=None, private=None, token=None, create_pr=False):
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        template = default_model_card_path()
+        if template is not None:
+            card = render_model_card(template, repo_id)
+            Path(folder, "README.md").write_text(card, encoding="utf-8")
+        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
     def check_inputs(self, upscale_factor) -> None:
         if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1:
@@ -281,13 +333,24 @@ class InfVSRPipeline(DiffusionPipeline):
         )
 
     def _vae_stream(self, output_height: int) -> WanVAEStream:
-        tiled = output_height > self.vae_tile_threshold
-        return WanVAEStream(
-            self.vae,
-            tile_latent_size=self.vae_tile_latent_size if tiled else None,
-            tile_latent_stride=self.vae_tile_latent_stride if tiled else None,
-            offload_idle_tiles=tiled,
-        )
+        vae = self.vae
+        if vae.use_tiling:
+            # `vae.enable_tiling(...)`: tiles of the VAE's own size and stride (square: the height settings).
+            if (vae.tile_sample_min_width, vae.tile_sample_stride_width) != (
+                vae.tile_sample_min_height,
+                vae.tile_sample_stride_height,
+            ):
+                logger.warning(
+                    "The streaming VAE uses square tiles: taking `tile_sample_min_height` and "
+                    "`tile_sample_stride_height`, ignoring the width settings of `vae.enable_tiling`."
+                )
+            tile_size = vae.tile_sample_min_height // self.vae_scale_factor_spatial
+            tile_stride = vae.tile_sample_stride_height // self.vae_scale_factor_spatial
+        elif output_height > self.vae_tile_threshold:
+            tile_size, tile_stride = self.vae_tile_latent_size, self.vae_tile_latent_stride
+        else:
+            tile_size = tile_stride = None
+        return WanVAEStream(vae, tile_size, tile_stride, offload_idle_tiles=tile_size is not None)
 
     def _new_scene(self, frame_size: tuple[int, int], upscale_factor: int) -> _SceneState:
         output_height = math.ceil(frame_size[0] * upscale_factor / 16) * 16

@@ -14,7 +14,7 @@
 """The flow-matching schedule of InfVSR's single restoration step."""
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F401  (for diffusers' loader)
 from diffusers.configuration_utils import register_to_config
 
 

@@ -15,6 +15,7 @@
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.hooks.group_offloading import _get_group_onload_device
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 
@@ -159,10 +160,24 @@ class WanVAEStream:
             setattr(self, f"_{name}", tuple(size) if size is not None else None)
 
     def _onload_vae(self) -> None:
-        # Under `enable_model_cpu_offload`, bring the VAE to the execution device as `vae.encode` / `vae.decode` do.
+        # The driver calls the VAE's encoder and decoder directly, never `vae.forward`, so the hook that
+        # `enable_model_cpu_offload` puts on the VAE itself is run here, as `vae.encode` / `vae.decode` do. (Group
+        # offloading hooks the encoder, decoder and quant convs of `AutoencoderKLWan` themselves.)
         hook = getattr(self.vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.vae)
+
+    @property
+    def execution_device(self) -> torch.device:
+        """Where the VAE computes: the onload device under offloading, else the device of its weights."""
+        for module in self.vae.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        try:
+            return _get_group_onload_device(self.vae)
+        except ValueError:
+            return self.vae.device
 
     def _run_tiled(self, inputs, caches, num_convs, in_scale, out_scale, out_shape, run_tile):
         """Run `run_tile(tile_inputs, cache)` over the spatial tiles of `inputs` and blend the outputs."""
@@ -242,8 +257,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._encoded_size, "encoder")
         self._encoded_size = (height, width)
 
-        self._onload_vae()
-        video = video.to(device=self.vae.device, dtype=self.vae.dtype)
+        video = video.to(device=self.execution_device, dtype=self.vae.dtype)
         z_dim = self.vae.config.z_dim
         out_shape = (video.shape[0], z_dim, (num_frames - 1) // step + 1 if first else num_frames // step)
         out_shape += (height // self.spatial_scale, width // self.spatial_scale)
@@ -253,6 +267,7 @@ class WanVAEStream:
             outputs = [self.vae.encoder(group, feat_cache=cache, feat_idx=[0]) for group in groups if group.shape[2]]
             return self.vae.quant_conv(torch.cat(outputs, dim=2))[:, :z_dim]
 
+        self._onload_vae()
         posterior_mean = self._run_tiled(
             video, self._encoder_caches, self._encoder_convs, self.spatial_scale, 1, out_shape, encode_tile
         )
@@ -278,8 +293,7 @@ class WanVAEStream:
         self._check_stream_size((height, width), self._decoded_size, "decoder")
         self._decoded_size = (height, width)
 
-        self._onload_vae()
-        latents = latents.to(device=self.vae.device, dtype=self.vae.dtype)
+        latents = latents.to(device=self.execution_device, dtype=self.vae.dtype)
         latents_mean, latents_std = latent_statistics(self.vae, latents)
         latents = latents * latents_std + latents_mean
         num_frames = num_latent_frames * self.temporal_scale - (self.temporal_scale - 1 if first else 0)
@@ -294,6 +308,7 @@ class WanVAEStream:
             ]
             return torch.cat(outputs, dim=2)
 
+        self._onload_vae()
         video = self._run_tiled(
             latents, self._decoder_caches, self._decoder_convs, 1, self.spatial_scale, out_shape, decode_tile
         )

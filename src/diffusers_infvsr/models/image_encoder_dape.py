@@ -64,7 +64,7 @@ class DAPEImageEncoder(ModelMixin, ConfigMixin):
     >>> import torch
     >>> from diffusers_infvsr.models.image_encoder_dape import DAPEImageEncoder
 
-    >>> encoder = DAPEImageEncoder.from_pretrained("path/to/image_encoder", torch_dtype=torch.bfloat16).to("cuda")
+    >>> encoder = DAPEImageEncoder.from_pretrained("path/to/image_encoder", dtype=torch.bfloat16).to("cuda")
     >>> reference = video[:, :, 0]  # (batch, 3, height, width), RGB in [0, 1]
     >>> with torch.no_grad():
     ...     visual_prompt = encoder.encode_reference(reference)  # (batch, 145, 512), bfloat16
@@ -194,7 +194,8 @@ class DAPEImageEncoder(ModelMixin, ConfigMixin):
     def encode_reference(self, frames: torch.Tensor) -> torch.Tensor:
         r"""
         [`~DAPEImageEncoder.preprocess`] followed by [`~DAPEImageEncoder.forward`]: the visual prompt of reference
-        frames. Preprocessing runs in float32 on the model's device; the result is in the model's dtype.
+        frames. Preprocessing runs in float32 on the device of `frames` (the model's execution device, which under
+        offloading is not where its weights are stored); the result is in the model's dtype.
 
         Args:
             frames (`torch.Tensor`):
@@ -211,8 +212,6 @@ class DAPEImageEncoder(ModelMixin, ConfigMixin):
         ...     visual_prompt = encoder.encode_reference(first_frame)
         ```
         """
-        if isinstance(frames, torch.Tensor):
-            frames = frames.to(self.device)
         pixel_values = self.preprocess(frames)
         return self(pixel_values.to(self.dtype))
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.hooks.context_parallel import EquipartitionSharder
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader finds the base class here)
 from diffusers.models.transformers.transformer_wan import (
     WanRotaryPosEmbed,
     WanTransformer3DModel,
@@ -58,18 +60,12 @@ class CausalWanKVCache:
             raise ValueError(f"`start_frame` must be >= 0, got {start_frame}.")
         self.cache_frames = cache_frames
         self.next_frame = start_frame
+        # Number of latent frames held. Under context parallelism each rank holds an equal share of their tokens.
+        self.num_frames = 0
         # (batch_size, post_patch_height, post_patch_width) of the chunks seen so far; None while empty.
         self.grid: tuple[int, int, int] | None = None
         self.key_states: list[torch.Tensor] = []
         self.value_states: list[torch.Tensor] = []
-
-    @property
-    def num_frames(self) -> int:
-        """Number of latent frames currently held."""
-        if not self.key_states:
-            return 0
-        _, height, width = self.grid
-        return self.key_states[0].shape[1] // (height * width)
 
     def check_compatible(self, batch_size: int, post_patch_height: int, post_patch_width: int) -> None:
         """Raise a `ValueError` if a chunk of this grid cannot continue the cached stream."""
@@ -85,6 +81,7 @@ class CausalWanKVCache:
         return {
             "cache_frames": self.cache_frames,
             "next_frame": self.next_frame,
+            "num_frames": self.num_frames,
             "grid": self.grid,
             "key_states": [state.cpu() for state in self.key_states],
             "value_states": [state.cpu() for state in self.value_states],
@@ -97,11 +94,18 @@ class CausalWanKVCache:
         cache.grid = tuple(state_dict["grid"]) if state_dict["grid"] is not None else None
         cache.key_states = [state.to(device) for state in state_dict["key_states"]]
         cache.value_states = [state.to(device) for state in state_dict["value_states"]]
+        if "num_frames" in state_dict:
+            cache.num_frames = state_dict["num_frames"]
+        elif cache.key_states:  # saved before the count was stored: one process, all tokens
+            cache.num_frames = cache.key_states[0].shape[1] // (cache.grid[1] * cache.grid[2])
         return cache
 
-    def successor(self, grid: tuple[int, int, int], next_frame: int, num_layers: int) -> "CausalWanKVCache":
-        """An empty cache that the forward pass of one chunk fills, layer by layer."""
+    def successor(
+        self, grid: tuple[int, int, int], next_frame: int, num_frames: int, num_layers: int
+    ) -> "CausalWanKVCache":
+        """An empty cache for `num_frames` latent frames that the forward pass of one chunk fills, layer by layer."""
         cache = CausalWanKVCache(self.cache_frames, next_frame)
+        cache.num_frames = num_frames
         cache.grid = grid
         cache.key_states = [None] * num_layers
         cache.value_states = [None] * num_layers
@@ -180,13 +184,13 @@ class CausalWanAttnProcessor:
         key = apply_rotary_emb(key, inputs.freqs_cos, inputs.freqs_sin)
 
         if inputs.new_cache is not None:
+            cached_tokens = 0
             if inputs.past_cache is not None and inputs.past_cache.key_states:
+                cached_tokens = inputs.past_cache.key_states[self.layer_index].shape[1]
                 key = torch.cat([inputs.past_cache.key_states[self.layer_index], key], dim=1)
                 value = torch.cat([inputs.past_cache.value_states[self.layer_index], value], dim=1)
-            # Copy the kept tail so the cache does not pin the storage of the whole concatenation.
-            first_kept = key.shape[1] - inputs.keep_tokens
-            inputs.new_cache.key_states[self.layer_index] = key[:, first_kept:].clone()
-            inputs.new_cache.value_states[self.layer_index] = value[:, first_kept:].clone()
+            inputs.new_cache.key_states[self.layer_index] = self._kept_tail(key, cached_tokens, inputs.keep_tokens)
+            inputs.new_cache.value_states[self.layer_index] = self._kept_tail(value, cached_tokens, inputs.keep_tokens)
 
         if inputs.chunk_token_ranges is not None:
             hidden_states = torch.cat(
@@ -211,8 +215,33 @@ class CausalWanAttnProcessor:
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
-            parallel_config=None,
+            parallel_config=self._parallel_config,
         )
+
+    def _kept_tail(self, states: torch.Tensor, cached_tokens: int, keep_tokens: int) -> torch.Tensor:
+        """
+        The last `keep_tokens` tokens of `[cached, chunk]` states `(batch, tokens, heads, head_dim)`, copied so the
+        cache does not pin the storage of the whole concatenation.
+
+        Under context parallelism each rank holds a shard of the cached tokens followed by a shard of the chunk's
+        tokens. Attention does not depend on the order of keys, so any even split of the kept tokens over the ranks
+        serves; the tail is taken in sequence order (gathered across ranks) and sharded again as diffusers shards.
+        """
+        config = self._parallel_config.context_parallel_config if self._parallel_config is not None else None
+        if config is None:
+            return states[:, states.shape[1] - keep_tokens :].clone()
+        mesh = config._flattened_mesh
+        if keep_tokens % mesh.size():
+            raise ValueError(
+                f"With context parallelism over {mesh.size()} processes the cache's {keep_tokens} tokens must split "
+                "evenly; choose a frame size or `cache_frames` whose token count is a multiple of the process count."
+            )
+        batch_size, local_tokens, heads, head_dim = states.shape
+        gathered = EquipartitionSharder.unshard(states, 1, mesh).unflatten(1, (mesh.size(), local_tokens))
+        in_order = torch.cat(
+            [gathered[:, :, :cached_tokens].flatten(1, 2), gathered[:, :, cached_tokens:].flatten(1, 2)], dim=1
+        )
+        return EquipartitionSharder.shard(in_order[:, in_order.shape[1] - keep_tokens :], 1, mesh).clone()
 
 
 class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
@@ -231,7 +260,8 @@ class CausalWanRotaryPosEmbed(WanRotaryPosEmbed):
         p_t, p_h, p_w = self.patch_size
         ppf, pph, ppw = num_frames // p_t, height // p_h, width // p_w
 
-        freqs_dtype = torch.float32 if torch.backends.mps.is_available() else torch.float64
+        # float64 where the device has it (MPS has not); a device check, unlike a backend query, compiles.
+        freqs_dtype = torch.float32 if self.freqs_cos.device.type == "mps" else torch.float64
         positions = torch.arange(frame_offset, frame_offset + ppf, dtype=freqs_dtype, device=self.freqs_cos.device)
         time_cos, time_sin = get_1d_rotary_pos_embed(
             self.t_dim, positions, self.theta, use_real=True, repeat_interleave_real=True, freqs_dtype=freqs_dtype
@@ -339,6 +369,9 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
     The temporal RoPE index is absolute (`frame_offset`, or the cache's `next_frame`) and unbounded; height and width
     indices start at 0 in every chunk.
 
+    Streaming works under diffusers' context parallelism (`enable_parallelism(config=ContextParallelConfig(...))`):
+    each rank keeps an even share of the cached tokens, so those of `cache_frames` latent frames must split evenly.
+
     Example:
 
     ```py
@@ -358,6 +391,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
     (3, 12)
     ```
     """
+
+    # The parent's plan without its entry for the model itself, which splits per-token timesteps (Wan 2.2 TI2V; here
+    # timesteps are per sample) and requires the output to be tensors (a streaming call also returns the cache).
+    _cp_plan = {name: plan for name, plan in WanTransformer3DModel._cp_plan.items() if name != ""}
 
     @register_to_config
     def __init__(
@@ -408,12 +445,13 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_image: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        *,
         kv_cache: CausalWanKVCache | None = None,
         frame_offset: int | None = None,
         chunk_frames: list[int] | None = None,
         cache_frames: int = 3,
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
     ) -> CausalWanTransformerOutput | tuple:
         r"""
         Args:
@@ -425,6 +463,11 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                 Cross-attention context (the DAPE visual prompt for InfVSR).
             encoder_hidden_states_image (`torch.Tensor`, *optional*):
                 Image embeddings, for configurations with `image_dim` set.
+            return_dict (`bool`, defaults to `True`):
+                Whether to return a [`CausalWanTransformerOutput`]. Otherwise a tuple whose first element is the sample,
+                as for the parent model: `(sample,)`, or `(sample, kv_cache)` in streaming mode.
+            attention_kwargs (`dict`, *optional*):
+                Only `scale`, the LoRA scale, is used.
             kv_cache (`CausalWanKVCache`, *optional*):
                 Streaming mode: the cache returned with the previous chunk (or a fresh one). Not modified.
             frame_offset (`int`, *optional*):
@@ -433,10 +476,9 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                 Block-causal mode: latent frames of each chunk; must sum to `num_frames`.
             cache_frames (`int`, defaults to `3`):
                 Block-causal mode: past latent frames each chunk sees (streaming mode takes the cache's own).
-            return_dict (`bool`, defaults to `True`):
-                Whether to return a [`CausalWanTransformerOutput`] instead of a tuple `(sample, kv_cache)`.
-            attention_kwargs (`dict`, *optional*):
-                Only `scale`, the LoRA scale, is used.
+
+        The arguments after `attention_kwargs` are keyword-only, so positional calls written for
+        [`~diffusers.WanTransformer3DModel`] keep their meaning.
         """
         self._check_inputs(hidden_states, timestep, kv_cache, frame_offset, chunk_frames, cache_frames)
         batch_size, _, num_frames, height, width = hidden_states.shape
@@ -454,8 +496,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         if kv_cache is not None:
             grid = (batch_size, post_patch_height, post_patch_width)
             kv_cache.check_compatible(*grid)
-            new_cache = kv_cache.successor(grid, frame_offset + post_patch_num_frames, len(self.blocks))
             kept_frames = min(kv_cache.cache_frames, kv_cache.num_frames + post_patch_num_frames)
+            new_cache = kv_cache.successor(grid, frame_offset + post_patch_num_frames, kept_frames, len(self.blocks))
             self_attention_inputs.past_cache = kv_cache
             self_attention_inputs.new_cache = new_cache
             self_attention_inputs.keep_tokens = kept_frames * tokens_per_frame
@@ -495,7 +537,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         output = hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
         if not return_dict:
-            return (output, new_cache)
+            return (output,) if new_cache is None else (output, new_cache)
         return CausalWanTransformerOutput(sample=output, kv_cache=new_cache)
 
     def _check_inputs(self, hidden_states, timestep, kv_cache, frame_offset, chunk_frames, cache_frames):

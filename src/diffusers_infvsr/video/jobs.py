@@ -582,7 +582,7 @@ def upscale_video(
     >>> from diffusers_infvsr import InfVSRPipeline
     >>> from diffusers_infvsr.video import upscale_video
 
-    >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", torch_dtype=torch.bfloat16).to("cuda")
+    >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", dtype=torch.bfloat16).to("cuda")
     >>> upscale_video("input.mp4", "output.mp4", pipe)
     UpscaleResult(output_path='output.mp4', num_frames=1440, scene_starts=[0, 311, 902], ...)
     ```
