@@ -18,7 +18,7 @@ from diffusers_infvsr.video import jobs, upscale_video, work_folder, writing
 OPTIONS = {"lossless": True, "checkpoint_interval": 0}  # a checkpoint after every chunk
 
 
-def run_with_timeout(function, timeout: float = 120):
+def run_with_timeout(function, timeout: float = 90):
     """`function()`, failing the test instead of hanging when it does not return within `timeout` seconds."""
     outcome = {}
 
