@@ -93,7 +93,7 @@ def plot(record: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     stages = record["stages_s"]
-    figure, axis = plt.subplots(figsize=(7, 2.8))
+    figure, axis = plt.subplots(figsize=(7, 3.2))
     left = 0.0
     for name, color in (("decode_and_scenes_s", "tab:blue"), ("model_s", "tab:orange"), ("encode_s", "tab:green")):
         axis.barh("stages alone (sum)", stages[name], left=left, color=color, label=name[:-2].replace("_", " "))
@@ -102,7 +102,7 @@ def plot(record: dict, path: Path) -> None:
     axis.barh("overlapped job", record["overlapped_s"], color="tab:purple")
     axis.set_xlabel("seconds (median)")
     axis.set_title(f"{record['frames']} frames, {record['input_size']} x{record['scale']}, {record['config']} model")
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
