@@ -12,7 +12,7 @@ from video_clips import decode, ffmpeg, make_clip
 
 from diffusers_infvsr import InfVSRPipeline
 from diffusers_infvsr.cli import EXIT_FAILED, EXIT_INTERRUPTED, main
-from diffusers_infvsr.video import jobs, upscale_video, work_folder, writing
+from diffusers_infvsr.video import DamagedVideoError, jobs, upscale_video, work_folder, writing
 
 
 OPTIONS = {"lossless": True, "checkpoint_interval": 0}  # a checkpoint after every chunk
@@ -92,13 +92,13 @@ def test_overlapped_job_equals_the_serial_one(clip, serial, tiny_pipe, tmp_path,
     assert not stage_threads()
 
 
-def fail_in_decoding(monkeypatch):
+def fail_in_decoding(monkeypatch, error=OSError(5, "injected read failure")):
     decode_frames = jobs.decode_frames
 
     def failing(*args, **kwargs):
         for index, frame in enumerate(decode_frames(*args, **kwargs)):
             if index == 29:  # scene detection looks 15 frames ahead: the model has done its first chunk only
-                raise OSError(5, "injected read failure")
+                raise error
             yield frame
 
     monkeypatch.setattr(jobs, "decode_frames", failing)
@@ -133,6 +133,12 @@ def fail_in_encoding(monkeypatch):
 # stage: (injection, exit status, message, frames done at the last checkpoint before the failure)
 FAILURES = {
     "decoding": (fail_in_decoding, EXIT_FAILED, "error: .*injected read failure.*--resume", 9),
+    "damage found while decoding": (  # the type crosses the threads: its own message and hint
+        lambda patch: fail_in_decoding(patch, DamagedVideoError("clip.mp4 is damaged (injected).", 29)),
+        EXIT_FAILED,
+        r"error: clip.mp4 is damaged \(injected\)\. The 9 frames done so far are kept .*--allow-damaged --resume",
+        9,
+    ),
     "model": (fail_in_model, EXIT_FAILED, "error: .*injected model failure.*--resume", 16),
     "encoding": (fail_in_encoding, EXIT_FAILED, "error: .*injected write failure.*--resume", 16),
     "ctrl-c in the model": (
