@@ -301,7 +301,8 @@ def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch
     monkeypatch.setattr(video, "upscale_video", record)
     arguments = [bad_inputs / "good.mp4", "-o", tmp_path / "out.mkv", "--model", tiny_pipeline_dir, "--scale", 3,
                  "--start", "00:00.04", "--max-frames", 7, "--crf", 33, "--lossless", "--no-scene-detect",
-                 "--scene-threshold", 42, "--overwrite", "--resume", "--checkpoint-interval", 5, "--allow-damaged"]  # fmt: skip
+                 "--scene-threshold", 42, "--overwrite", "--resume", "--checkpoint-interval", 5, "--allow-damaged",
+                 "--no-overlap"]  # fmt: skip
     with pytest.raises(Called):
         main(list(map(str, arguments)))
     assert calls == [
@@ -317,6 +318,7 @@ def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch
             "resume": True,
             "checkpoint_interval": 5.0,
             "allow_damaged": True,
+            "overlap": False,
         }
     ]
 

@@ -128,6 +128,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     runtime.add_argument("--cpu-offload", action="store_true", help="Keep idle models in CPU memory.")
     runtime.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks.")
     runtime.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="Decode, restore and encode one after the other instead of at once (same output; for debugging).",
+    )
+    runtime.add_argument(
         "--attention-backend",
         metavar="NAME",
         help="diffusers attention backend, e.g. flash, _flash_3, sage, native (default: native).",
@@ -286,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 checkpoint_interval=args.checkpoint_interval,
                 allow_damaged=args.allow_damaged,
+                overlap=not args.no_overlap,
             )
         except VideoFileError as error:
             print(f"error: {error}", file=sys.stderr)

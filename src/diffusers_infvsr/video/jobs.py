@@ -28,6 +28,8 @@ lock) answers without them.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import fcntl
 import hashlib
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .overlap import BackgroundIterator
 from .reading import (
     HDR_TRANSFERS,
     DamagedVideoError,
@@ -543,6 +546,7 @@ def upscale_video(
     resume: bool = False,
     checkpoint_interval: float = 120.0,
     allow_damaged: bool = False,
+    overlap: bool = True,
 ) -> UpscaleResult:
     r"""
     Upscale a video file into an H.264 file with InfVSR, streaming: frames are decoded, restored and encoded chunk by
@@ -571,6 +575,10 @@ def upscale_video(
         checkpoint_interval (`float`, defaults to 120): Seconds between checkpoints; 0 saves after every chunk.
         allow_damaged (`bool`, defaults to `False`):
             Go on past damaged input (missing frames then show the frame before them) instead of refusing it.
+        overlap (`bool`, defaults to `True`):
+            Decode (with scene detection), restore and encode at the same time, in three threads joined by bounded
+            queues, so that the device does not wait for the host. `False` runs them one after the other in the
+            calling thread: slower, with the same output and job files; meant for debugging and profiling.
 
     Raises:
         `VideoFileError`: for unusable input or output, or a failure during the job, with a message that says what to
@@ -610,7 +618,7 @@ def upscale_video(
     job = JobFolder(output_path)
     with JobLock(output_path):
         resuming = _resume_or_start(job, settings, overwrite, resume)
-        return _run_job(job, source, pipe, settings, resuming, checkpoint_interval, allow_damaged)
+        return _run_job(job, source, pipe, settings, resuming, checkpoint_interval, allow_damaged, overlap)
 
 
 def _run_job(
@@ -621,6 +629,7 @@ def _run_job(
     resuming: bool,
     checkpoint_interval: float,
     allow_damaged: bool,
+    overlap: bool,
 ) -> UpscaleResult:
     joined = job.joined() if resuming else None
     marker = None
@@ -629,7 +638,9 @@ def _run_job(
         checkpoint = job.load_checkpoint() if resuming else None
         state = pipe.load_stream_state(checkpoint["stream"]) if checkpoint else None
         resumed_from = state.frames_done if state else 0
-        marker, joined = _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, allow_damaged)
+        marker, joined = _upscale_frames(
+            job, source, pipe, settings, state, checkpoint_interval, allow_damaged, overlap
+        )
     temporary_output = job.path / f"output{job.output_path.suffix}"
     try:
         check_free_space(job.path, extra_streams_size(source, joined["duration"]), "Adding the audio and subtitles")
@@ -651,15 +662,64 @@ def _run_job(
     )
 
 
-def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, allow_damaged):
-    """Restore every frame into segments, then join them into `video.mp4`; return the scene marker and the join."""
+def _restore_frames(pipe, items, upscale_factor, total, state, checkpoint_interval) -> Iterator:
+    r"""
+    The model stage: the stream's frames as `(height, width, 3)` uint8 tensors on the host, each with the CUDA event
+    that marks its copy done (`None` off CUDA), and after the last frame of every chunk due for a checkpoint, the
+    stream state as of that chunk (a `dict`). Frames become uint8 on the device; on CUDA they come back through pinned
+    memory without waiting, so the next chunk is launched while they travel.
+    """
     import torch
 
+    due: list[dict] = []
+    last_checkpoint = time.monotonic()
+
+    def take_checkpoint(pipe: InfVSRPipeline, state) -> None:
+        nonlocal last_checkpoint
+        if time.monotonic() - last_checkpoint >= checkpoint_interval:
+            snapshot = state.state_dict()
+            # On the CPU `state_dict()` shares tensors with the live stream, which moves on while this is written.
+            due.append(copy.deepcopy(snapshot) if pipe._execution_device.type == "cpu" else snapshot)
+            last_checkpoint = time.monotonic()
+
+    stream = pipe.stream(
+        items, upscale_factor, "pt", total_frames=total, state=state, callback_on_chunk_end=take_checkpoint
+    )
+    with contextlib.closing(stream):
+        try:
+            for frame in stream:
+                yield from due  # the state after the previous chunk, whose frames all came before
+                due.clear()
+                image = frame.mul(255).round().to(torch.uint8).permute(1, 2, 0)
+                if image.device.type != "cuda":
+                    yield image.cpu(), None
+                    continue
+                host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+                host.copy_(image, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+                yield host, ready
+        except (Exception, KeyboardInterrupt):
+            yield from due  # a failure in the next chunk keeps the checkpoint of the chunks before it
+            raise
+    yield from due
+
+
+def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, allow_damaged, overlap):
+    r"""Restore every frame into segments, then join them into `video.mp4`; return the scene marker and the join.
+
+    Three stages: decoding with scene detection, the model, and encoding into segments (which also saves the
+    checkpoints, so a checkpoint always follows every frame before it into a closed segment). With `overlap` the first
+    two run in background threads, a bounded number of frames ahead of the next stage; without it, one after the
+    other in this thread. Both give the same frames and the same job files.
+    """
+    from ..pipeline_infvsr import CHUNK_FRAMES
     from ..scenes import SceneMarker
 
     upscale_factor, start, max_frames = settings["upscale_factor"], settings["start"], settings["max_frames"]
     resumed_from = state.frames_done if state else 0
-    timestamps: deque[tuple[int, float]] = deque()  # (pts, seconds) of frames read and not yet written
+    # (pts, seconds) of frames read and not yet written: appended by the decoding stage, taken by the encoding stage.
+    timestamps: deque[tuple[int, float]] = deque()
     first: list[int] = []
 
     def frames() -> Iterator[np.ndarray]:
@@ -684,27 +744,32 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
         return round((pts - first[0]) * source.time_base * grid) if grid else pts - first[0]
 
     output = _SegmentWriter(job, size, source, time_base, settings["crf"], settings["lossless"])
-    last_checkpoint = time.monotonic()
-
-    def save_checkpoint(pipe: InfVSRPipeline, state) -> None:
-        nonlocal last_checkpoint
-        if time.monotonic() - last_checkpoint < checkpoint_interval or not output.close_segment():
-            return
-        job.save_checkpoint(state.state_dict())
-        last_checkpoint = time.monotonic()
-
     frames_written, skipped, last = resumed_from, resumed_from, None
-    restored = pipe.stream(
-        items, upscale_factor, "pt", total_frames=total, state=state, callback_on_chunk_end=save_checkpoint
-    )
     try:
-        for frame in restored:
-            while skipped:  # the timestamps of frames done before the resume
-                last, skipped = timestamps.popleft(), skipped - 1
-            pts, seconds = timestamps.popleft()
-            output.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), output_pts(pts))
-            frames_written += 1
-            last = (pts, seconds)
+        with contextlib.ExitStack() as stages:
+            if overlap:
+                items = stages.enter_context(BackgroundIterator(items, 2 * CHUNK_FRAMES, "infvsr-decode"))
+            else:
+                stages.enter_context(contextlib.closing(items))
+            restored = _restore_frames(pipe, items, upscale_factor, total, state, checkpoint_interval)
+            if overlap:  # closed first on the way out: the model stops after its chunk, then decoding stops
+                restored = stages.enter_context(BackgroundIterator(restored, CHUNK_FRAMES, "infvsr-model"))
+            else:
+                stages.enter_context(contextlib.closing(restored))
+            for item in restored:
+                if isinstance(item, dict):  # every frame before this checkpoint is in the segment: close and save
+                    if output.close_segment():
+                        job.save_checkpoint(item)
+                    continue
+                image, ready = item
+                if ready is not None:
+                    ready.synchronize()
+                while skipped:  # the timestamps of frames done before the resume
+                    last, skipped = timestamps.popleft(), skipped - 1
+                pts, seconds = timestamps.popleft()
+                output.write(image.numpy(), output_pts(pts))
+                frames_written += 1
+                last = (pts, seconds)
         while skipped:  # every frame was done before the resume
             last, skipped = timestamps.popleft(), skipped - 1
         output.close_segment()
