@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from context_parallel_worker import CACHE_FRAMES
 
 
