@@ -2,20 +2,66 @@
 
     python context_parallel_worker.py OUTPUT.pt PORT
 
-Saves, for several cache lengths, the single-process and the Ulysses-parallel outputs of 4 chunks, as computed on
-rank 0. (Ring attention needs the attention's log-sum-exp, which diffusers' native backend, the only one that runs on
-CPU, does not return: "Native attention does not support return_lse=True".)
+Saves, for several cache lengths, the single-process output of 4 chunks and the Ulysses- and ring-parallel outputs,
+as computed on rank 0.
 """
 
+import contextlib
 import os
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from diffusers.models import attention_dispatch
 
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+CACHE_FRAMES = (2, 3, 5)  # shorter than, equal to and longer than a chunk of 3 latent frames
+
+
+def math_attention_with_lse(
+    ctx,
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    return_lse=False,
+    _save_ctx=True,
+    _parallel_config=None,
+):
+    """
+    Softmax attention of `(batch, tokens, heads, head_dim)` tensors, written out, returning the log-sum-exp of the
+    scores `(batch, query tokens, heads)` as diffusers' ring attention expects from a forward op.
+    """
+    assert attn_mask is None and dropout_p == 0.0 and not is_causal and not enable_gqa
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * scale
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    out = torch.einsum("bhqk,bkhd->bqhd", (scores - lse).exp(), value)
+    lse = lse.squeeze(-1).transpose(1, 2)
+    return (out, lse) if return_lse else out
+
+
+@contextlib.contextmanager
+def native_backend_returning_lse():
+    """
+    Ring attention merges the partial attentions over each rank's keys by their log-sum-exp. diffusers' native
+    backend, the only context-parallel backend that runs on CPU, raises "Native attention does not support
+    return_lse=True", and no CPU kernel returns it (flash and memory-efficient SDPA are GPU-only), so for the ring
+    run only, the native backend's forward op is this test's exact math attention.
+    """
+    native_forward_op = attention_dispatch._native_attention_forward_op
+    attention_dispatch._native_attention_forward_op = math_attention_with_lse
+    try:
+        yield
+    finally:
+        attention_dispatch._native_attention_forward_op = native_forward_op
 
 
 def streamed(model, latents, context, cache_frames):
@@ -45,15 +91,21 @@ def run(rank: int, world_size: int, output: str, port: str) -> None:
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 12, 4, 6, generator=generator)  # 4 chunks of 3 latent frames, 6 tokens per frame
     context = torch.randn(1, 5, TINY_TRANSFORMER_CONFIG["text_dim"], generator=generator)
+    torch.manual_seed(0)
+    state_dict = CausalWanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).state_dict()
     results = {}
-    for name, config in (("ulysses", {"ulysses_degree": 2}),):
-        torch.manual_seed(0)
-        model = CausalWanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
-        with torch.no_grad():
-            single = {frames: streamed(model, latents, context, frames) for frames in (2, 3, 5)}
-            model.enable_parallelism(config=ContextParallelConfig(**config))
-            parallel = {frames: streamed(model, latents, context, frames) for frames in (2, 3, 5)}
-        results[name] = {"single": single, "parallel": parallel}
+    with torch.no_grad():
+        for name, config, backend in (
+            ("single", None, contextlib.nullcontext()),
+            ("ulysses", ContextParallelConfig(ulysses_degree=2), contextlib.nullcontext()),
+            ("ring", ContextParallelConfig(ring_degree=2), native_backend_returning_lse()),
+        ):
+            model = CausalWanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+            model.load_state_dict(state_dict)
+            if config is not None:
+                model.enable_parallelism(config=config)
+            with backend:
+                results[name] = {frames: streamed(model, latents, context, frames) for frames in CACHE_FRAMES}
     if rank == 0:
         torch.save(results, output)
     dist.destroy_process_group()
