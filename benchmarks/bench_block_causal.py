@@ -30,19 +30,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_pipeline import RESULTS_DIR, environment
 
 import diffusers_infvsr
 from diffusers_infvsr import CausalWanTransformer3DModel
 
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -51,29 +49,6 @@ def rss_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def code_commit() -> str:
-    folder = Path(diffusers_infvsr.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "."], capture_output=True, text=True
-        )
-        return commit + ("+dirty" if dirty.stdout.strip() else "")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (not a git checkout)"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():
@@ -139,14 +114,11 @@ def main():
     result = {
         "benchmark": "block_causal_training_step",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "commit": code_commit(),
         "package_path": str(Path(diffusers_infvsr.__file__).resolve().parent),
-        "device": device_name(device),
+        **environment(device),
         "threads": args.threads,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "load_average_1min": os.getloadavg()[0],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "config": {**vars(args), "tokens": tokens, "chunks": chunks, "dense_mask_bytes": tokens * tokens},
         "step_s": times,
         "median_step_s": sorted(times)[len(times) // 2],

@@ -26,8 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,12 +35,10 @@ import matplotlib
 import numpy as np
 import PIL.Image
 import torch
+from bench_pipeline import RESULTS_DIR, environment
 
 import diffusers_infvsr
 from diffusers_infvsr.training import degrade
-
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def natural_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -54,31 +50,6 @@ def natural_clip(frames: int, height: int, width: int) -> torch.Tensor:
     array = np.asarray(image)
     clip = np.stack([array[index : index + height, index : index + width] for index in range(frames)])
     return torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()
-
-
-def code_commit() -> str:
-    """Commit of the measured `diffusers_infvsr` (the package on the path), `+dirty` with local changes."""
-    folder = Path(diffusers_infvsr.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "."], capture_output=True, text=True
-        )
-        return commit + ("+dirty" if dirty.stdout.strip() else "")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (not a git checkout)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
@@ -106,13 +77,11 @@ def main():
     result = {
         "benchmark": "degradations",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "commit": code_commit(),
         "package_path": str(Path(diffusers_infvsr.__file__).resolve().parent),
-        "device": cpu_name(),
+        **environment(torch.device("cpu")),
         "threads": 1,
         "load_average_1min": os.getloadavg()[0],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "opencv": cv2.__version__, "python": platform.python_version()},
+        "opencv": cv2.__version__,
         "clip": [args.frames, 3, args.height, args.width],
         "seconds_per_clip": times,
         "cpu_seconds_per_clip": cpu_times,
