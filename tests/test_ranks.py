@@ -1,0 +1,57 @@
+"""`infvsr` under `torchrun`: the videos of a folder are shared among the processes (gloo on the CPU)."""
+
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from video_clips import decode, make_clip
+
+from diffusers_infvsr.cli import main
+from diffusers_infvsr.video.ranks import assign_largest_first
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def test_largest_first_balances_the_work():
+    assert assign_largest_first([5, 1, 4, 3], 2) == [[0, 1], [2, 3]]
+    assert assign_largest_first([7], 3) == [[0], [], []]
+    sizes = [random.Random(seed).randint(1, 100) for seed in range(40)]
+    shares = assign_largest_first(sizes, 3)
+    assert sorted(index for share in shares for index in share) == list(range(40))
+    loads = [sum(sizes[index] for index in share) for share in shares]
+    assert max(loads) - min(loads) <= max(sizes)  # greedy, largest first: within one job of each other
+
+
+def test_two_processes_share_a_folder_and_write_what_one_process_writes(tmp_path, tiny_pipeline_dir):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", frames=12, size="32x16")  # the largest: rank 0 alone
+    (folder / "broken.mp4").write_text("not a video\n")  # then rank 1 gets the rest, this one first
+    make_clip(folder / "c.mp4", frames=3, size="16x16", source="smptebars")
+    options = ["--model", str(tiny_pipeline_dir), "--lossless", "--scale", "2"]
+
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    command = [*launch, "-m", "diffusers_infvsr.cli", str(folder), "-o", str(tmp_path / "two"), *options]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert main([str(folder), "-o", str(tmp_path / "one"), *options]) == 1
+
+    assert result.returncode == 1, result.stderr[-3000:]  # the broken file on rank 1 is the whole run's failure
+    assert "[1/3 on rank 0] wrote" in result.stdout and "a.mp4: 12 frames" in result.stdout
+    assert "[3/3 on rank 1] wrote" in result.stdout and "c.mp4: 3 frames" in result.stdout
+    assert result.stdout.count("wrote") == 2
+    assert result.stderr.count("error: ") == 1 and "broken.mp4 cannot be read as a video" in result.stderr
+    assert result.stderr.count("done: 2 of 3 videos written") == 1  # by rank 0, with rank 1's failure
+    assert f"  failed: {folder / 'broken.mp4'}" in result.stderr
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one")) == ["a.mp4", "c.mp4"]
+    for name in ("a.mp4", "c.mp4"):
+        np.testing.assert_array_equal(decode(tmp_path / "two" / name), decode(tmp_path / "one" / name))
