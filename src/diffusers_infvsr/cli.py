@@ -254,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(jobs[0][1].parent)
     with Ranks(cpu=resolve_device(args.device).type == "cpu") as ranks:
         mine = ranks.share([input_path.stat().st_size for input_path, _ in jobs])
+        if not folder_mode and ranks.num_ranks > 1 and ranks.rank == 0:
+            print(f"warning: one video runs in one process; the other {ranks.num_ranks - 1} wait.", file=sys.stderr)
         outcome = {"failed": [], "done_before": 0, "finished": set()}
         try:
             _run_jobs(args, jobs, mine, folder_mode, ranks, outcome)
