@@ -46,7 +46,8 @@ def run_infvsr(processes: int, folder: Path, output: Path, model: Path, scale: i
     command = [sys.executable, "-m", "diffusers_infvsr.cli", str(folder), "-o", str(output), "--model", str(model),
                "--lossless", "--scale", str(scale), "--device", "cpu"]  # fmt: skip
     if processes > 1:
-        command[1:3] = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m", "diffusers_infvsr.cli"]
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command[1:3] = [*launcher, "-m", "diffusers_infvsr.cli"]
     environment_variables = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     subprocess.run(command, check=True, env=environment_variables, capture_output=True)
