@@ -1,10 +1,13 @@
 """`infvsr` under `torchrun`: the videos of a folder are shared among the processes (gloo on the CPU)."""
 
+import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from video_clips import decode, make_clip
@@ -54,4 +57,35 @@ def test_two_processes_share_a_folder_and_write_what_one_process_writes(tmp_path
     assert f"  failed: {folder / 'broken.mp4'}" in result.stderr
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one")) == ["a.mp4", "c.mp4"]
     for name in ("a.mp4", "c.mp4"):
+        np.testing.assert_array_equal(decode(tmp_path / "two" / name), decode(tmp_path / "one" / name))
+
+
+def test_a_killed_process_stops_the_run_and_resume_finishes_identically(tmp_path, tiny_pipeline_dir):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", frames=48, size="24x16")  # the larger: rank 0
+    make_clip(folder / "b.mp4", frames=48, size="16x16", source="smptebars")  # rank 1
+    options = ["--model", str(tiny_pipeline_dir), "--lossless", "--scale", "2", "--checkpoint-interval", "0"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    command = [*launch, "-m", "diffusers_infvsr.cli", str(folder), "-o", str(tmp_path / "two"), *options]
+
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = tmp_path / "two" / ".b.mp4.infvsr-partial"
+    deadline = time.monotonic() + 240
+    while not list(job.glob("checkpoint-*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint on rank 1"
+        time.sleep(0.02)
+    rank_1 = json.loads((tmp_path / "two" / ".b.mp4.infvsr-lock").read_text())["pid"]
+    os.kill(rank_1, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)  # the launcher stops rank 0 too: nobody waits for the dead one
+    assert process.returncode != 0 and "SIGKILL" in stderr
+    assert job.is_dir() and not (tmp_path / "two" / "b.mp4").exists()
+
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[2/2 on rank 1] wrote" in result.stdout and "b.mp4: 48 frames" in result.stdout
+    assert "resumed after" in result.stdout.split("b.mp4: 48 frames")[1].splitlines()[0]
+    assert "done: 2 of 2 videos written" in result.stderr
+    assert main([str(folder), "-o", str(tmp_path / "one"), *options]) == 0
+    for name in ("a.mp4", "b.mp4"):
         np.testing.assert_array_equal(decode(tmp_path / "two" / name), decode(tmp_path / "one" / name))
