@@ -89,3 +89,38 @@ def test_a_killed_process_stops_the_run_and_resume_finishes_identically(tmp_path
     assert main([str(folder), "-o", str(tmp_path / "one"), *options]) == 0
     for name in ("a.mp4", "b.mp4"):
         np.testing.assert_array_equal(decode(tmp_path / "two" / name), decode(tmp_path / "one" / name))
+
+
+def test_a_process_whose_model_fails_still_reports_at_the_end(tmp_path, monkeypatch, capsys):
+    """Rank 1 of 2 (the launcher stood in for): its error becomes its result, so rank 0 is not left waiting."""
+    gathered = []
+
+    class SecondOfTwo:
+        num_ranks, rank, device = 2, 1, None
+
+        def __init__(self, cpu):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
+        def share(self, sizes):
+            return assign_largest_first(sizes, self.num_ranks)[self.rank]
+
+        def gather(self, result):
+            gathered.append(result)
+            return [{"failed": [], "done_before": 0}, result]
+
+    monkeypatch.setattr("diffusers_infvsr.video.ranks.Ranks", SecondOfTwo)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(bytes(200))  # rank 0
+    (folder / "b.mp4").write_bytes(bytes(100))  # rank 1
+    assert main([str(folder), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]) == 1
+    assert gathered == [{"failed": [str(folder / "b.mp4")], "done_before": 0}]
+    stderr = capsys.readouterr().err
+    assert stderr.count("error: ") == 1 and "error: Cannot load the model" in stderr
+    assert "done:" not in stderr  # the summary is rank 0's
