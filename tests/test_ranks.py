@@ -38,7 +38,7 @@ def test_largest_first_balances_the_work():
 def test_two_processes_share_a_folder_and_write_what_one_process_writes(tmp_path, tiny_pipeline_dir):
     folder = tmp_path / "videos"
     folder.mkdir()
-    make_clip(folder / "a.mp4", frames=12, size="32x16")  # the largest: rank 0 alone
+    make_clip(folder / "a.mp4", frames=100, size="32x16")  # the largest: rank 0 alone, long after rank 1 is done
     (folder / "broken.mp4").write_text("not a video\n")  # then rank 1 gets the rest, this one first
     make_clip(folder / "c.mp4", frames=3, size="16x16", source="smptebars")
     options = ["--model", str(tiny_pipeline_dir), "--lossless", "--scale", "2"]
@@ -49,7 +49,7 @@ def test_two_processes_share_a_folder_and_write_what_one_process_writes(tmp_path
     assert main([str(folder), "-o", str(tmp_path / "one"), *options]) == 1
 
     assert result.returncode == 1, result.stderr[-3000:]  # the broken file on rank 1 is the whole run's failure
-    assert "[1/3 on rank 0] wrote" in result.stdout and "a.mp4: 12 frames" in result.stdout
+    assert "[1/3 on rank 0] wrote" in result.stdout and "a.mp4: 100 frames" in result.stdout
     assert "[3/3 on rank 1] wrote" in result.stdout and "c.mp4: 3 frames" in result.stdout
     assert result.stdout.count("wrote") == 2
     assert result.stderr.count("error: ") == 1 and "broken.mp4 cannot be read as a video" in result.stderr
