@@ -245,17 +245,49 @@ def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .video import JobLock, VideoFileError, check_job, upscale_video
-    from .video.jobs import interlaced_warning
+    """Every job, or under `torchrun` / `accelerate launch` this process's share of them (largest first); the first
+    process prints the summary of all."""
+    from .video.ranks import Ranks
 
     jobs = plan_jobs(Path(args.input), Path(args.output))
     folder_mode = Path(args.input).is_dir()
     check_writable(jobs[0][1].parent)
+    with Ranks(cpu=resolve_device(args.device).type == "cpu") as ranks:
+        mine = ranks.share([input_path.stat().st_size for input_path, _ in jobs])
+        if not folder_mode and ranks.num_ranks > 1 and ranks.rank == 0:
+            print(f"warning: one video runs in one process; the other {ranks.num_ranks - 1} wait.", file=sys.stderr)
+        outcome = {"failed": [], "done_before": 0, "finished": set()}
+        try:
+            _run_jobs(args, jobs, mine, folder_mode, ranks, outcome)
+        except Exception as error:  # noqa: BLE001 - one process's failure must not keep the others waiting below
+            if ranks.num_ranks == 1:
+                raise
+            print(f"error: {error_message(error)}", file=sys.stderr)
+            outcome["failed"] += [str(jobs[index][0]) for index in mine if index not in outcome["finished"]]
+        outcomes = ranks.gather({"failed": outcome["failed"], "done_before": outcome["done_before"]})
+        failures = [failure for result in outcomes for failure in result["failed"]]
+        if folder_mode and ranks.rank == 0:
+            done_before = sum(result["done_before"] for result in outcomes)
+            already = f" ({done_before} already done)" if done_before else ""
+            print(f"done: {len(jobs) - len(failures)} of {len(jobs)} videos written{already}", file=sys.stderr)
+            for failure in failures:
+                print(f"  failed: {failure}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool, ranks, outcome: dict) -> None:
+    """Run the jobs numbered `mine`, recording in `outcome` the failed inputs, how many were already done and which
+    jobs finished (written, skipped or failed)."""
+    from .video import JobLock, VideoFileError, check_job, upscale_video
+    from .video.jobs import interlaced_warning
+
+    if not mine:
+        return
     if not folder_mode:  # fail before loading the model
         input_path, output_path = jobs[0]
         if _already_done(output_path, args):
             print(f"{output_path} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
-            return EXIT_OK
+            return
         source = check_job(
             input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start
         )
@@ -264,15 +296,19 @@ def run(args: argparse.Namespace) -> int:
         with JobLock(output_path):  # refuse now if another run holds it
             pass
     device = resolve_device(args.device)
+    if ranks.device is not None and device.type == ranks.device.type and device.index is None:
+        device = ranks.device  # this process's own GPU
     check_attention_backend(args.attention_backend)
     pipe = load_pipeline(args, device)
 
-    failures, done_before = [], 0
-    for index, (input_path, output_path) in enumerate(jobs, start=1):
-        prefix = f"[{index}/{len(jobs)}] " if folder_mode else ""
+    on_rank = f" on rank {ranks.rank}" if ranks.num_ranks > 1 else ""
+    for index in mine:
+        input_path, output_path = jobs[index]
+        prefix = f"[{index + 1}/{len(jobs)}{on_rank}] " if folder_mode or on_rank else ""
         if _already_done(output_path, args):
             print(f"{prefix}skipped {output_path}: already done")
-            done_before += 1
+            outcome["done_before"] += 1
+            outcome["finished"].add(index)
             continue
         pipe.set_progress_bar_config(desc=f"{prefix}{input_path.name}", unit="frame")
         try:
@@ -295,18 +331,24 @@ def run(args: argparse.Namespace) -> int:
             )
         except VideoFileError as error:
             print(f"error: {error}", file=sys.stderr)
-            failures.append(input_path)
+            outcome["failed"].append(str(input_path))
+            outcome["finished"].add(index)
             continue
+        outcome["finished"].add(index)
         resumed = f", resumed after {result.resumed_from} frames" if result.resumed_from else ""
         scenes = f", {len(result.scene_starts)} scenes" if result.scene_starts else ""
-        print(f"{prefix}wrote {result.output_path}: {result.num_frames} frames{scenes}{resumed}")
+        print(f"{prefix}wrote {result.output_path}: {result.num_frames} frames{scenes}{resumed}", flush=True)
 
-    if folder_mode:
-        already = f" ({done_before} already done)" if done_before else ""
-        print(f"done: {len(jobs) - len(failures)} of {len(jobs)} videos written{already}", file=sys.stderr)
-        for failure in failures:
-            print(f"  failed: {failure}", file=sys.stderr)
-    return EXIT_FAILED if failures else EXIT_OK
+
+def error_message(error: Exception) -> str:
+    """The text of the one `error:` line for an exception."""
+    from .video import VideoFileError
+
+    if isinstance(error, (CommandError, VideoFileError)):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename or 'no file'}). Check the disk and permissions."
+    return f"unexpected {type(error).__name__}: {error}. Please report it with the command you ran."
 
 
 def main(argv=None) -> int:
@@ -317,15 +359,7 @@ def main(argv=None) -> int:
         print("\ninterrupted: run the same command with --resume to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the command's promise: one `error:` line, never a traceback
-        from .video import VideoFileError
-
-        if isinstance(error, (CommandError, VideoFileError)):
-            message = str(error)
-        elif isinstance(error, OSError):
-            message = f"{error.strerror or error} ({error.filename or 'no file'}). Check the disk and permissions."
-        else:
-            message = f"unexpected {type(error).__name__}: {error}. Please report it with the command you ran."
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return EXIT_FAILED
 
 

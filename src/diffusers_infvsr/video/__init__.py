@@ -12,8 +12,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Video files in and out: `reading` (probe, integrity scan, lazy decoding with timestamps), `writing` (H.264
-encoding, joining, the final mux), `overlap` (stages in background threads) and `jobs` (`upscale_video`: locked,
-checkpointed, resumable file-to-file jobs whose decoding, model and encoding overlap)."""
+encoding, joining, the final mux), `overlap` (stages in background threads), `jobs` (`upscale_video`: locked,
+checkpointed, resumable file-to-file jobs whose decoding, model and encoding overlap) and `ranks` (sharing the jobs
+among the processes of `torchrun` or `accelerate launch`)."""
 
 from .jobs import JobFolder, JobLock, UpscaleResult, check_job, check_output_size, upscale_video, work_folder
 from .reading import (

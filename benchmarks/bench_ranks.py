@@ -1,0 +1,111 @@
+# Copyright 2026 The diffusers-infvsr authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Frames per second of `infvsr` on a folder of two-scene clips with 1 process and with `torchrun --nproc_per_node N`
+(gloo, CPU, one thread per process), and whether every output is the same, frame for frame (`--lossless`). Random
+weights of the tiny model of bench_pipeline.py; the time includes each process's start and model load.
+
+    python benchmarks/bench_ranks.py --videos 4 --frames 24 --processes 2
+
+Prints the numbers and saves JSON (device, command, commit) under `results/`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from bench_overlap import make_input
+from bench_pipeline import RESULTS_DIR, build_pipeline, environment
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def run_infvsr(processes: int, folder: Path, output: Path, model: Path, scale: int) -> tuple[list[str], float]:
+    command = [sys.executable, "-m", "diffusers_infvsr.cli", str(folder), "-o", str(output), "--model", str(model),
+               "--lossless", "--scale", str(scale), "--device", "cpu"]  # fmt: skip
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command[1:3] = [*launcher, "-m", "diffusers_infvsr.cli"]
+    environment_variables = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=environment_variables, capture_output=True)
+    return command, time.perf_counter() - started
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=24, help="Frames per video (a scene cut half-way).")
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=48)
+    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--output", help="JSON path (default: results/cpu_<date>_ranks.json).")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        model = scratch / "model"
+        build_pipeline("tiny", torch.device("cpu"), torch.float32, None).save_pretrained(model)
+        folder = scratch / "videos"
+        folder.mkdir()
+        for index in range(args.videos):
+            make_input(folder / f"clip-{index}.mp4", args.frames + index, args.width, args.height)
+        timings, commands = {}, {}
+        for processes in (1, args.processes):
+            commands[processes], timings[processes] = run_infvsr(
+                processes, folder, scratch / f"out-{processes}", model, args.scale
+            )
+        names = sorted(os.listdir(scratch / "out-1"))
+        identical = names == sorted(os.listdir(scratch / f"out-{args.processes}")) and all(
+            np.array_equal(decode(scratch / "out-1" / name), decode(scratch / f"out-{args.processes}" / name))
+            for name in names
+        )
+        frames = sum(len(decode(scratch / "out-1" / name)) for name in names)
+
+    record = {
+        **environment(torch.device("cpu")),
+        "command": " ".join(["python", *sys.argv]),
+        "infvsr_commands": {str(processes): " ".join(command[1:]) for processes, command in commands.items()},
+        "videos": args.videos,
+        "frames": frames,
+        "input_size": f"{args.width}x{args.height}",
+        "scale": args.scale,
+        "load_average_1min": os.getloadavg()[0],
+        "wall_s": {str(processes): seconds for processes, seconds in timings.items()},
+        "frames_per_s": {str(processes): frames / seconds for processes, seconds in timings.items()},
+        "speedup": timings[1] / timings[args.processes],
+        "identical_frames": identical,
+    }
+    print(json.dumps(record, indent=2))
+    output = Path(args.output or RESULTS_DIR / f"cpu_{record['date'][:10]}_ranks.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2))
+    print(f"saved {output}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
