@@ -1,0 +1,79 @@
+"""`infvsr --context-parallel`: one video on 2 gloo CPU processes under torchrun equals one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import ENV
+from test_context_parallel import free_port
+from video_clips import decode, make_clip
+
+from diffusers_infvsr.video import upscale_video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    # 21 frames: two chunks (9 + 12). 16x16 upscaled x4 is 4x4 tokens a frame, 48 a chunk: an even split over 2.
+    return make_clip(tmp_path_factory.mktemp("context_parallel_clip") / "clip.mp4", frames=21, size="16x16")
+
+
+@pytest.fixture(scope="module")
+def two_processes(clip, tiny_pipeline_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("context_parallel_command")
+    output = folder / "out" / "upscaled.mp4"
+    worker = Path(__file__).with_name("cli_context_parallel_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               str(worker), str(folder), clip, "-o", str(output), "--model", str(tiny_pipeline_dir), "--device", "cpu",
+               "--lossless", "--checkpoint-interval", "0", "--context-parallel", "ulysses"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = [json.loads((folder / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    return output, reports, result
+
+
+def test_two_processes_write_the_frames_of_one(two_processes, clip, tiny_pipe, tmp_path):
+    output, reports, result = two_processes
+    assert "wrote" in result.stdout and result.stdout.count("wrote") == 1  # rank 0 alone reports and writes
+    assert sorted(os.listdir(output.parent)) == [output.name]  # no job folder, lock or second file left behind
+    # Both ranks ran the transformer through Ulysses' all-to-all: query, key, value and output of 2 self-attention
+    # layers for 2 chunks. Checkpoints would hold rank 0's share of the KV cache only: none is saved.
+    expected_report = {"exit": 0, "all_to_all": 4 * 2 * 2, "checkpoints": 0}
+    assert reports[0] == reports[1] == expected_report
+
+    single = tmp_path / "single.mp4"
+    upscale_video(clip, single, tiny_pipe, lossless=True)
+    parallel, expected = decode(output).astype(int), decode(single).astype(int)
+    assert parallel.shape == expected.shape == (21, 64, 64, 3)
+    # The fp32 outputs differ by about 1e-6 (the same sums in another order, see test_context_parallel.py); after
+    # rounding to uint8 a value near a .5 boundary may flip by one level, which the lossless yuv444p round trip can
+    # turn into at most 2 levels of RGB. Rare: measured 13 of 258048 values; at most 0.1 % may differ at all.
+    difference = np.abs(parallel - expected)
+    assert difference.max() <= 2 and (difference > 0).mean() <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "environment, extra, message",
+    [
+        ({}, [], "--context-parallel ulysses runs one video on several processes (one GPU each): launch the command "
+                 "with `torchrun --nproc_per_node N"),
+        ({"WORLD_SIZE": "2"}, ["--input-is-folder"], "give one video file, not a folder"),
+        ({"WORLD_SIZE": "2"}, ["--resume"], "--resume is not available with --context-parallel"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, [], "--context-parallel needs a GPU for every process; this machine has none"),
+    ],
+)  # fmt: skip
+def test_context_parallel_errors_come_before_the_model(clip, tmp_path, environment, extra, message):
+    source = str(Path(clip).parent) if "--input-is-folder" in extra else clip
+    extra = [argument for argument in extra if argument != "--input-is-folder"]
+    launch = {name: value for name, value in ENV.items() if name not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    output = tmp_path / "out.mp4"
+    command = [sys.executable, "-m", "diffusers_infvsr.cli", source, "-o", str(output), "--model", "no/such-model",
+               "--context-parallel", "ulysses", *extra]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**launch, **environment})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "Cannot load the model" not in result.stderr
+    assert not output.exists() and not list(tmp_path.glob(".*infvsr-*"))
