@@ -12,7 +12,8 @@ from test_cli import ENV
 from test_context_parallel import free_port
 from video_clips import decode, make_clip
 
-from diffusers_infvsr.video import upscale_video
+from diffusers_infvsr.video import VideoFileError, upscale_video
+from diffusers_infvsr.video.context_parallel import check_context_parallel_split
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +22,20 @@ def clip(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("context_parallel_clip") / "clip.mp4", frames=21, size="16x16")
 
 
+def torchrun_infvsr(report_folder, *arguments) -> subprocess.CompletedProcess:
+    """`infvsr ARGUMENTS` on 2 gloo CPU processes under torchrun; each writes its counts into `report_folder`."""
+    worker = Path(__file__).with_name("cli_context_parallel_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               str(worker), str(report_folder), *map(str, arguments)]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def two_processes(clip, tiny_pipeline_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("context_parallel_command")
     output = folder / "out" / "upscaled.mp4"
-    worker = Path(__file__).with_name("cli_context_parallel_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-               str(worker), str(folder), clip, "-o", str(output), "--model", str(tiny_pipeline_dir), "--device", "cpu",
-               "--lossless", "--checkpoint-interval", "0", "--context-parallel", "ulysses"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    result = torchrun_infvsr(folder, clip, "-o", output, "--model", tiny_pipeline_dir, "--device", "cpu", "--lossless",
+                             "--checkpoint-interval", 0, "--context-parallel", "ulysses")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = [json.loads((folder / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     return output, reports, result
@@ -77,3 +83,27 @@ def test_context_parallel_errors_come_before_the_model(clip, tmp_path, environme
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert result.returncode != 0 and "Traceback" not in result.stderr and "Cannot load the model" not in result.stderr
     assert not output.exists() and not list(tmp_path.glob(".*infvsr-*"))
+
+
+def test_a_stream_that_does_not_split_is_refused_before_it_starts(tiny_pipe):
+    # 16x16 x4: 4x4 tokens a latent frame, 48 a chunk and a 3-frame cache. 20x20 x4: 5x5, 75.
+    check_context_parallel_split(tiny_pipe, 16, 16, 4, "ulysses", 2)
+    check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 3)
+    with pytest.raises(VideoFileError, match=r"20x20 upscaled x4 gives 75 \(3 latent frames of 25\)"):
+        check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 2)
+    with pytest.raises(VideoFileError, match="the model's 2 attention heads .* not evenly over 3"):
+        check_context_parallel_split(tiny_pipe, 20, 20, 4, "ulysses", 3)
+
+
+def test_a_failure_of_rank_0_before_the_stream_stops_every_process(tiny_pipeline_dir, tmp_path):
+    # Rank 0 refuses the frame size after loading the model; rank 1 waits for it at a barrier and must not hang.
+    odd = make_clip(tmp_path / "odd.mp4", frames=9, size="20x20")
+    output = tmp_path / "out.mp4"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    result = torchrun_infvsr(reports, odd, "-o", output, "--model", tiny_pipeline_dir, "--device", "cpu",
+                             "--context-parallel", "ulysses")  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "gives 75 (3 latent frames of 25)" in errors[0], result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["odd.mp4", "reports"]  # no output, job folder or lock

@@ -291,10 +291,16 @@ def load_pipeline(args: argparse.Namespace, device=None):
 
 def follow(args: argparse.Namespace) -> int:
     """A context-parallel process other than rank 0: the same stream as rank 0, which alone writes the output."""
+    import torch.distributed as dist
+
     from .video.context_parallel import follow_video
 
     pipe = load_pipeline(args, start_context_parallel(args))
     pipe.set_progress_bar_config(disable=True)
+    try:
+        dist.barrier()  # rank 0 has checked the job and the model
+    except RuntimeError:  # rank 0 stopped before the stream, with an error line
+        return EXIT_FAILED
     follow_video(args.input, pipe, args.scale, args.start, args.max_frames, not args.no_scene_detect,
                  args.scene_threshold, args.allow_damaged)  # fmt: skip
     return EXIT_OK
@@ -330,6 +336,14 @@ def run(args: argparse.Namespace) -> int:
     device = start_context_parallel(args) if args.context_parallel else resolve_device(args.device)
     check_attention_backend(args.attention_backend)
     pipe = load_pipeline(args, device)
+    if args.context_parallel:
+        import torch.distributed as dist
+
+        from .video.context_parallel import check_context_parallel_split
+
+        check_context_parallel_split(pipe, source.width, source.height, args.scale, args.context_parallel,
+                                     dist.get_world_size())  # fmt: skip
+        dist.barrier()  # the other processes start their stream now
 
     failures, done_before = [], 0
     for index, (input_path, output_path) in enumerate(jobs, start=1):

@@ -13,14 +13,15 @@
 # limitations under the License.
 """One video's stream on several processes under context parallelism: rank 0 runs [`upscale_video`] (the job, its
 output file and its lock), every other rank runs [`follow_video`], which feeds the model the same frames and scene
-markers and writes nothing."""
+markers and writes nothing. [`check_context_parallel_split`] tells before the first chunk whether the stream splits."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
-from .reading import decode_frames
+from .reading import VideoFileError, decode_frames
 
 
 if TYPE_CHECKING:
@@ -59,3 +60,32 @@ def follow_video(
         items = SceneMarker(threshold=scene_threshold, reference_threshold=scene_threshold).mark(frames)
     for _ in pipe.stream(items, upscale_factor, output_type="latent"):  # the restored latents are dropped
         pass
+
+
+def check_context_parallel_split(
+    pipe: InfVSRPipeline, width: int, height: int, upscale_factor: int, mode: str, processes: int
+) -> None:
+    r"""
+    Raise `VideoFileError` unless a stream of `width` x `height` frames upscaled by `upscale_factor` splits evenly
+    over `processes` in context-parallel `mode` (`"ulysses"` or `"ring"`): the tokens of every chunk and of the KV
+    cache, and for Ulysses the attention heads.
+    """
+    from ..pipeline_infvsr import CHUNK_FRAMES
+
+    patch = pipe.transformer.config.patch_size
+    sides = [math.ceil(side * upscale_factor / 16) * 16 // pipe.vae_scale_factor_spatial for side in (height, width)]
+    frame_tokens = sides[0] // patch[1] * (sides[1] // patch[2])
+    chunk_frames = CHUNK_FRAMES // pipe.vae.config.scale_factor_temporal // patch[0]
+    for what, frames in (("chunk", chunk_frames), ("KV cache", pipe.cache_frames)):
+        if frames * frame_tokens % processes:
+            raise VideoFileError(
+                f"--context-parallel over {processes} processes splits every {what}'s tokens evenly, but {width}x"
+                f"{height} upscaled x{upscale_factor} gives {frames * frame_tokens} ({frames} latent frames of "
+                f"{frame_tokens}). Use a number of processes that divides it."
+            )
+    heads = pipe.transformer.config.num_attention_heads
+    if mode == "ulysses" and heads % processes:
+        raise VideoFileError(
+            f"--context-parallel ulysses splits the model's {heads} attention heads over the processes, but not "
+            f"evenly over {processes}. Use a number of processes that divides {heads}, or ring."
+        )
