@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_cli import ENV
 from test_context_parallel import free_port
-from video_clips import decode, make_clip
+from video_clips import decode, ffmpeg, make_clip
 
 from diffusers_infvsr.video import VideoFileError, upscale_video
 from diffusers_infvsr.video.context_parallel import check_context_parallel_split
@@ -18,8 +18,13 @@ from diffusers_infvsr.video.context_parallel import check_context_parallel_split
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    # 21 frames: two chunks (9 + 12). 16x16 upscaled x4 is 4x4 tokens a frame, 48 a chunk: an even split over 2.
-    return make_clip(tmp_path_factory.mktemp("context_parallel_clip") / "clip.mp4", frames=21, size="16x16")
+    """Two shots of 16 and 5 frames: a scene cut at 16 and chunks of 9, 7 and 5 frames (3, 2 and 2 latent frames).
+    16x16 upscaled x4 is 4x4 tokens a latent frame: an even split over 2 processes."""
+    folder = tmp_path_factory.mktemp("context_parallel_clip")
+    shots = [make_clip(folder / f"{name}.mp4", frames, size="16x16", source=name)
+             for name, frames in (("testsrc2", 16), ("smptebars", 5))]  # fmt: skip
+    ffmpeg("-i", shots[0], "-i", shots[1], "-filter_complex", "concat=n=2", "-c:v", "libx264", folder / "clip.mkv")
+    return str(folder / "clip.mkv")
 
 
 def torchrun_infvsr(report_folder, *arguments) -> subprocess.CompletedProcess:
@@ -43,15 +48,15 @@ def two_processes(clip, tiny_pipeline_dir, tmp_path_factory):
 
 def test_two_processes_write_the_frames_of_one(two_processes, clip, tiny_pipe, tmp_path):
     output, reports, result = two_processes
-    assert "wrote" in result.stdout and result.stdout.count("wrote") == 1  # rank 0 alone reports and writes
+    assert result.stdout.count("wrote") == 1 and "21 frames, 2 scenes" in result.stdout  # rank 0 alone writes
     assert sorted(os.listdir(output.parent)) == [output.name]  # no job folder, lock or second file left behind
     # Both ranks ran the transformer through Ulysses' all-to-all: query, key, value and output of 2 self-attention
-    # layers for 2 chunks. Checkpoints would hold rank 0's share of the KV cache only: none is saved.
-    expected_report = {"exit": 0, "all_to_all": 4 * 2 * 2, "checkpoints": 0}
+    # layers for 3 chunks. Checkpoints would hold rank 0's share of the KV cache only: none is saved.
+    expected_report = {"exit": 0, "all_to_all": 4 * 2 * 3, "checkpoints": 0}
     assert reports[0] == reports[1] == expected_report
 
     single = tmp_path / "single.mp4"
-    upscale_video(clip, single, tiny_pipe, lossless=True)
+    assert upscale_video(clip, single, tiny_pipe, lossless=True).scene_starts == [0, 16]
     parallel, expected = decode(output).astype(int), decode(single).astype(int)
     assert parallel.shape == expected.shape == (21, 64, 64, 3)
     # The fp32 outputs differ by about 1e-6 (the same sums in another order, see test_context_parallel.py); after
@@ -86,13 +91,17 @@ def test_context_parallel_errors_come_before_the_model(clip, tmp_path, environme
 
 
 def test_a_stream_that_does_not_split_is_refused_before_it_starts(tiny_pipe):
-    # 16x16 x4: 4x4 tokens a latent frame, 48 a chunk and a 3-frame cache. 20x20 x4: 5x5, 75.
+    # Tokens a latent frame: 16x16 x4 -> 4x4; 20x20 x4 -> 5x5; 15x9 x3 -> 48x32 (padded) -> 3x2. The tiny model has
+    # 2 heads.
     check_context_parallel_split(tiny_pipe, 16, 16, 4, "ulysses", 2)
-    check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 3)
-    with pytest.raises(VideoFileError, match=r"20x20 upscaled x4 gives 75 \(3 latent frames of 25\)"):
+    check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 5)
+    check_context_parallel_split(tiny_pipe, 15, 9, 3, "ring", 6)
+    with pytest.raises(VideoFileError, match=r"20x20 upscaled x4 gives 5x5 = 25 a frame"):
         check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 2)
-    with pytest.raises(VideoFileError, match="the model's 2 attention heads .* not evenly over 3"):
-        check_context_parallel_split(tiny_pipe, 20, 20, 4, "ulysses", 3)
+    with pytest.raises(VideoFileError, match=r"15x9 upscaled x3 gives 3x2 = 6 a frame"):
+        check_context_parallel_split(tiny_pipe, 15, 9, 3, "ring", 4)
+    with pytest.raises(VideoFileError, match="the model's 2 attention heads .* not evenly over 4"):
+        check_context_parallel_split(tiny_pipe, 16, 16, 4, "ulysses", 4)
 
 
 def test_a_failure_of_rank_0_before_the_stream_stops_every_process(tiny_pipeline_dir, tmp_path):
@@ -105,5 +114,5 @@ def test_a_failure_of_rank_0_before_the_stream_stops_every_process(tiny_pipeline
                              "--context-parallel", "ulysses")  # fmt: skip
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "gives 75 (3 latent frames of 25)" in errors[0], result.stderr
+    assert len(errors) == 1 and "gives 5x5 = 25 a frame" in errors[0], result.stderr
     assert sorted(os.listdir(tmp_path)) == ["odd.mp4", "reports"]  # no output, job folder or lock

@@ -68,21 +68,18 @@ def check_context_parallel_split(
     r"""
     Raise `VideoFileError` unless a stream of `width` x `height` frames upscaled by `upscale_factor` splits evenly
     over `processes` in context-parallel `mode` (`"ulysses"` or `"ring"`): the tokens of every chunk and of the KV
-    cache, and for Ulysses the attention heads.
+    cache, which hold whole latent frames (1 to 3: a scene's or the video's last chunk may be short), and for Ulysses
+    the attention heads.
     """
-    from ..pipeline_infvsr import CHUNK_FRAMES
-
     patch = pipe.transformer.config.patch_size
-    sides = [math.ceil(side * upscale_factor / 16) * 16 // pipe.vae_scale_factor_spatial for side in (height, width)]
-    frame_tokens = sides[0] // patch[1] * (sides[1] // patch[2])
-    chunk_frames = CHUNK_FRAMES // pipe.vae.config.scale_factor_temporal // patch[0]
-    for what, frames in (("chunk", chunk_frames), ("KV cache", pipe.cache_frames)):
-        if frames * frame_tokens % processes:
-            raise VideoFileError(
-                f"--context-parallel over {processes} processes splits every {what}'s tokens evenly, but {width}x"
-                f"{height} upscaled x{upscale_factor} gives {frames * frame_tokens} ({frames} latent frames of "
-                f"{frame_tokens}). Use a number of processes that divides it."
-            )
+    sides = [math.ceil(side * upscale_factor / 16) * 16 // pipe.vae_scale_factor_spatial for side in (width, height)]
+    grid = (sides[0] // patch[2], sides[1] // patch[1])  # width x height
+    if grid[0] * grid[1] % processes:
+        raise VideoFileError(
+            f"--context-parallel over {processes} processes splits the tokens of every latent frame evenly, but "
+            f"{width}x{height} upscaled x{upscale_factor} gives {grid[0]}x{grid[1]} = {grid[0] * grid[1]} a frame. "
+            "Use a number of processes that divides it."
+        )
     heads = pipe.transformer.config.num_attention_heads
     if mode == "ulysses" and heads % processes:
         raise VideoFileError(
