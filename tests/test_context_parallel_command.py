@@ -23,8 +23,8 @@ def clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("context_parallel_clip")
     shots = [make_clip(folder / f"{name}.mp4", frames, size="16x16", source=name)
              for name, frames in (("testsrc2", 16), ("smptebars", 5))]  # fmt: skip
-    ffmpeg("-i", shots[0], "-i", shots[1], "-filter_complex", "concat=n=2", "-c:v", "libx264", folder / "clip.mkv")
-    return str(folder / "clip.mkv")
+    ffmpeg("-i", shots[0], "-i", shots[1], "-filter_complex", "concat=n=2", "-c:v", "libx264", folder / "clip.mp4")
+    return str(folder / "clip.mp4")
 
 
 def torchrun_infvsr(report_folder, *arguments) -> subprocess.CompletedProcess:
