@@ -98,6 +98,9 @@ def test_a_stream_that_does_not_split_is_refused_before_it_starts(tiny_pipe):
     check_context_parallel_split(tiny_pipe, 15, 9, 3, "ring", 6)
     with pytest.raises(VideoFileError, match=r"20x20 upscaled x4 gives 5x5 = 25 a frame"):
         check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 2)
+    with pytest.raises(VideoFileError, match=r"over 3 processes .* gives 5x5 = 25 a frame"):
+        # A full chunk (3 latent frames, 75 tokens) would split, but a short last chunk of 1 latent frame not.
+        check_context_parallel_split(tiny_pipe, 20, 20, 4, "ring", 3)
     with pytest.raises(VideoFileError, match=r"15x9 upscaled x3 gives 3x2 = 6 a frame"):
         check_context_parallel_split(tiny_pipe, 15, 9, 3, "ring", 4)
     with pytest.raises(VideoFileError, match="the model's 2 attention heads .* not evenly over 4"):
