@@ -119,3 +119,17 @@ def test_a_failure_of_rank_0_before_the_stream_stops_every_process(tiny_pipeline
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "gives 5x5 = 25 a frame" in errors[0], result.stderr
     assert sorted(os.listdir(tmp_path)) == ["odd.mp4", "reports"]  # no output, job folder or lock
+
+
+def test_an_interrupted_job_is_not_taken_over(clip, tmp_path):
+    output = tmp_path / "out.mp4"
+    job = tmp_path / ".out.mp4.infvsr-partial"
+    job.mkdir()
+    (job / "job.json").write_text("{}")
+    launch = {name: value for name, value in ENV.items() if name not in ("RANK", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "diffusers_infvsr.cli", clip, "-o", str(output), "--model", "no/such-model",
+               "--context-parallel", "ring"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**launch, "WORLD_SIZE": "2"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--context-parallel cannot resume it: pass --overwrite" in errors[0], result.stderr
+    assert result.returncode == 1 and (job / "job.json").read_text() == "{}"

@@ -313,7 +313,7 @@ def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .video import JobLock, VideoFileError, check_job, upscale_video
+    from .video import JobLock, VideoFileError, check_job, upscale_video, work_folder
     from .video.jobs import interlaced_warning
 
     if args.context_parallel and int(os.environ.get("RANK", "0")) > 0:
@@ -331,6 +331,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if source.interlaced:
             print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
+        if args.context_parallel and work_folder(output_path).exists() and not args.overwrite:
+            raise CommandError(
+                f"An interrupted job for {output_path} exists ({work_folder(output_path)}). --context-parallel cannot "
+                "resume it: pass --overwrite to start over, or continue it with --resume and without --context-parallel."
+            )
         with JobLock(output_path):  # refuse now if another run holds it
             pass
     device = start_context_parallel(args) if args.context_parallel else resolve_device(args.device)
