@@ -98,7 +98,7 @@ def test_a_process_whose_model_fails_still_reports_at_the_end(tmp_path, monkeypa
     class SecondOfTwo:
         num_ranks, rank, device = 2, 1, None
 
-        def __init__(self, cpu):
+        def __init__(self, cpu, share_work):
             pass
 
         def __enter__(self):

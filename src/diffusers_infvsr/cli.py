@@ -21,12 +21,14 @@ once; torch, diffusers and PyAV come after.
 """
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 
 DTYPES = ("bf16", "fp16", "fp32")
+CONTEXT_PARALLEL = ("ulysses", "ring")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_STATUS = (
     "Exit status: 0 when every video was written (or was already done), 1 when a video or the model failed, 2 for a "
@@ -137,7 +139,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="NAME",
         help="diffusers attention backend, e.g. flash, _flash_3, sage, native (default: native).",
     )
-    return parser.parse_args(argv)
+    runtime.add_argument(
+        "--context-parallel",
+        choices=CONTEXT_PARALLEL,
+        help="Run one video on all the processes of a torchrun launch together, one GPU each, the transformer split "
+        "over them with diffusers' context parallelism (for one long scene or 4K frames). Saves no checkpoints.",
+    )
+    args = parser.parse_args(argv)
+    check_context_parallel(parser, args)
+    return args
+
+
+def check_context_parallel(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--context-parallel` needs several processes, one video and no `--resume` (it saves no checkpoints)."""
+    if args.context_parallel is None:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        parser.error(
+            f"--context-parallel {args.context_parallel} runs one video on several processes (one GPU each): launch "
+            "the command with `torchrun --nproc_per_node N -m diffusers_infvsr.cli ...` (N >= 2), or leave it out"
+        )
+    if Path(args.input).is_dir():
+        parser.error("--context-parallel runs one video on all processes: give one video file, not a folder")
+    if args.resume:
+        parser.error(
+            "--resume is not available with --context-parallel: each process holds only its share of the KV cache, "
+            "so no checkpoints are saved. Pass --overwrite to start the interrupted job again"
+        )
 
 
 def plan_jobs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
@@ -212,6 +240,23 @@ def check_attention_backend(name: str | None) -> None:
         raise CommandError(f"--attention-backend {name!r} is unknown; choose one of {', '.join(names)}.")
 
 
+def start_context_parallel(args: argparse.Namespace):
+    """Join the launch's process group (torchrun's environment) and return this process's device."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.accelerator.device_count() == 0:  # diffusers 0.42 places each rank on an accelerator (`rank % count`)
+        raise CommandError("--context-parallel needs a GPU for every process; this machine has none.")
+    device = resolve_device(args.device)
+    if device.type != "cpu" and device.index is None:
+        device = torch.device(device.type, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type != "cpu":
+        torch.accelerator.set_device_index(device.index)
+    if not dist.is_initialized():
+        dist.init_process_group()
+    return device
+
+
 def load_pipeline(args: argparse.Namespace, device=None):
     import torch
 
@@ -233,9 +278,32 @@ def load_pipeline(args: argparse.Namespace, device=None):
         pipe.to(device)
     if args.attention_backend:
         pipe.transformer.set_attention_backend(args.attention_backend)
+    if args.context_parallel:
+        import torch.distributed as dist
+        from diffusers import ContextParallelConfig
+
+        degree = {f"{args.context_parallel}_degree": dist.get_world_size()}
+        pipe.enable_context_parallel(ContextParallelConfig(**degree))
     if args.compile:
         pipe.transformer.compile_repeated_blocks(dynamic=True)
     return pipe
+
+
+def follow(args: argparse.Namespace) -> int:
+    """A context-parallel process other than rank 0: the same stream as rank 0, which alone writes the output."""
+    import torch.distributed as dist
+
+    from .video.context_parallel import follow_video
+
+    pipe = load_pipeline(args, start_context_parallel(args))
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        dist.barrier()  # rank 0 has checked the job and the model
+    except RuntimeError:  # rank 0 stopped before the stream, with an error line
+        return EXIT_FAILED
+    follow_video(args.input, pipe, args.scale, args.start, args.max_frames, not args.no_scene_detect,
+                 args.scene_threshold, args.allow_damaged)  # fmt: skip
+    return EXIT_OK
 
 
 def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
@@ -246,13 +314,16 @@ def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Every job, or under `torchrun` / `accelerate launch` this process's share of them (largest first); the first
-    process prints the summary of all."""
+    process prints the summary of all. With `--context-parallel` all processes run the one video together, and the
+    first alone writes it."""
     from .video.ranks import Ranks
 
+    if args.context_parallel and int(os.environ.get("RANK", "0")) > 0:
+        return follow(args)
     jobs = plan_jobs(Path(args.input), Path(args.output))
     folder_mode = Path(args.input).is_dir()
     check_writable(jobs[0][1].parent)
-    with Ranks(cpu=resolve_device(args.device).type == "cpu") as ranks:
+    with Ranks(cpu=resolve_device(args.device).type == "cpu", share_work=not args.context_parallel) as ranks:
         mine = ranks.share([input_path.stat().st_size for input_path, _ in jobs])
         if not folder_mode and ranks.num_ranks > 1 and ranks.rank == 0:
             print(f"warning: one video runs in one process; the other {ranks.num_ranks - 1} wait.", file=sys.stderr)
@@ -278,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool, ranks, outcome: dict) -> None:
     """Run the jobs numbered `mine`, recording in `outcome` the failed inputs, how many were already done and which
     jobs finished (written, skipped or failed)."""
-    from .video import JobLock, VideoFileError, check_job, upscale_video
+    from .video import JobLock, VideoFileError, check_job, upscale_video, work_folder
     from .video.jobs import interlaced_warning
 
     if not mine:
@@ -293,13 +364,26 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
         )
         if source.interlaced:
             print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
+        if args.context_parallel and work_folder(output_path).exists() and not args.overwrite:
+            raise CommandError(
+                f"An interrupted job for {output_path} exists ({work_folder(output_path)}). --context-parallel cannot "
+                "resume it: pass --overwrite to start over, or continue it with --resume and without --context-parallel."
+            )
         with JobLock(output_path):  # refuse now if another run holds it
             pass
-    device = resolve_device(args.device)
+    device = start_context_parallel(args) if args.context_parallel else resolve_device(args.device)
     if ranks.device is not None and device.type == ranks.device.type and device.index is None:
         device = ranks.device  # this process's own GPU
     check_attention_backend(args.attention_backend)
     pipe = load_pipeline(args, device)
+    if args.context_parallel:
+        import torch.distributed as dist
+
+        from .video.context_parallel import check_context_parallel_split
+
+        check_context_parallel_split(pipe, source.width, source.height, args.scale, args.context_parallel,
+                                     dist.get_world_size())  # fmt: skip
+        dist.barrier()  # the other processes start their stream now
 
     on_rank = f" on rank {ranks.rank}" if ranks.num_ranks > 1 else ""
     for index in mine:
@@ -325,7 +409,7 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
                 scene_threshold=args.scene_threshold,
                 overwrite=args.overwrite,
                 resume=args.resume,
-                checkpoint_interval=args.checkpoint_interval,
+                checkpoint_interval=math.inf if args.context_parallel else args.checkpoint_interval,
                 allow_damaged=args.allow_damaged,
                 overlap=not args.no_overlap,
             )

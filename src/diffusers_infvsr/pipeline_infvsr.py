@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLWan, DiffusionPipeline
+from diffusers import AutoencoderKLWan, ContextParallelConfig, DiffusionPipeline
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 from huggingface_hub import create_repo
@@ -271,6 +271,33 @@ class InfVSRPipeline(DiffusionPipeline):
             card = render_model_card(template, repo_id)
             Path(folder, "README.md").write_text(card, encoding="utf-8")
         return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+
+    def enable_context_parallel(self, config: ContextParallelConfig) -> None:
+        r"""
+        Run the transformer of one stream on several processes (one GPU each) with diffusers' context parallelism:
+        every chunk's tokens are split over the processes, which exchange them in attention (Ulysses: all-to-all over
+        the heads; ring: the keys and values passed around), together with the KV cache. Helps when one scene is long
+        or the frames are large (4K); spreading scenes or videos over processes is faster otherwise.
+
+        Every process calls this and then the same `stream`/`__call__` with the same frames; all get the same output,
+        and the VAE and image encoder run whole on each. `torch.distributed` must be initialised first (e.g. launched
+        with `torchrun`). This is `pipe.transformer.enable_parallelism(config=config)`.
+
+        Example:
+
+        ```py
+        >>> # torchrun --nproc_per_node 2 upscale.py
+        >>> import torch.distributed as dist
+        >>> from diffusers import ContextParallelConfig
+
+        >>> dist.init_process_group()
+        >>> device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        >>> pipe = InfVSRPipeline.from_pretrained("path/to/InfVSR-diffusers", dtype=torch.bfloat16).to(device)
+        >>> pipe.enable_context_parallel(ContextParallelConfig(ulysses_degree=dist.get_world_size()))
+        >>> frames = pipe(video=video).frames[0]  # the same video on every process
+        ```
+        """
+        self.transformer.enable_parallelism(config=config)
 
     def check_inputs(self, upscale_factor) -> None:
         if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, np.integer)) or upscale_factor < 1:

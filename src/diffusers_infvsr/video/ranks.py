@@ -49,12 +49,15 @@ def assign_largest_first(sizes: list[int], num_ranks: int) -> list[list[int]]:
 
 class Ranks:
     """This process's place among the launched ones: `rank`, `num_ranks` and `device` (None without a launcher, which
-    leaves the device to the command). `cpu=True` joins over gloo and runs on the CPU even where GPUs are present. Use
-    as a context manager: on a normal exit every process waits for the others (so the launcher, which stops the rest
-    when one exits with an error, cannot cut off the first process's summary), then leaves the process group."""
+    leaves the device to the command). `cpu=True` joins over gloo and runs on the CPU even where GPUs are present.
+    `share_work=False` makes this process work alone, as without a launcher (under context parallelism the processes
+    run one stream together instead of sharing jobs). Use as a context manager: on a normal exit every process waits
+    for the others (so the launcher, which stops the rest when one exits with an error, cannot cut off the first
+    process's summary), then leaves the process group."""
 
-    def __init__(self, cpu: bool = False):
-        self.num_ranks, self.rank, self.device, self._state, self._results = launched_processes(), 0, None, None, None
+    def __init__(self, cpu: bool = False, share_work: bool = True):
+        self.num_ranks = launched_processes() if share_work else 1
+        self.rank, self.device, self._state, self._results = 0, None, None, None
         if self.num_ranks > 1:
             import torch.distributed
             from accelerate import PartialState
