@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import run_infvsr
-from video_clips import decode, make_clip, probe
+from video_clips import decode, make_clip, probe, video_times
 
 from diffusers_infvsr import InfVSRPipeline
 from diffusers_infvsr.cli import plan_jobs
@@ -184,6 +184,16 @@ def test_a_damaged_newest_checkpoint_falls_back_and_resume_ignores_paths(
     result = upscale_video(moved, output, other_pipe, resume=True, lossless=True, checkpoint_interval=7)
     assert result.resumed_from == 9
     assert_same_as(reference, output)
+
+
+def test_segments_rejoin_on_the_inputs_timeline_when_mp4_stores_a_finer_time_base(tmp_path, tiny_pipe):
+    """Matroska counts in 1/1000 s, which the MP4 segments store as 1/16000: segment starts (named in the unit the
+    frames were written in) must be rescaled when joined, so a checkpoint after every chunk changes nothing."""
+    source = make_clip(tmp_path / "input.mkv", frames=21, size="16x16")
+    upscale_video(source, tmp_path / "segmented.mp4", tiny_pipe, **OPTIONS)
+    upscale_video(source, tmp_path / "whole.mp4", tiny_pipe, lossless=True, checkpoint_interval=float("inf"))
+    np.testing.assert_array_equal(decode(tmp_path / "segmented.mp4"), decode(tmp_path / "whole.mp4"))
+    np.testing.assert_allclose(video_times(tmp_path / "segmented.mp4"), video_times(source), rtol=0, atol=1e-9)
 
 
 def test_a_damaged_job_file_is_reported_and_overwrite_starts_over(clip, tmp_path, tiny_pipe):

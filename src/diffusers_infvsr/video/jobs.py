@@ -310,13 +310,14 @@ class JobFolder:
     def segment_paths(self) -> list[str]:
         return [str(self.path / name) for name in self.segments]
 
-    def join(self, joined: dict) -> None:
-        r"""Join the segments into `video.mp4` (after checking the free space it needs) and record `joined` with it;
-        then the segments and checkpoints are deleted, which frees their space for the final mux."""
+    def join(self, joined: dict, time_base: Fraction) -> None:
+        r"""Join the segments (frames written in `time_base`) into `video.mp4`, after checking the free space it needs,
+        and record `joined` with it; then the segments and checkpoints are deleted, which frees their space for the
+        final mux."""
         check_free_space(self.path, sum(map(os.path.getsize, self.segment_paths())), "Joining the video segments")
         partial = self.path / "video.partial.mp4"
         try:
-            join_segments(self.segments_with_starts(), str(partial))
+            join_segments(self.segments_with_starts(), str(partial), time_base)
             with open(partial, "rb") as file:
                 os.fsync(file.fileno())
         except BaseException:
@@ -780,7 +781,7 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
             "start": float(first[0] * source.time_base),
             "duration": float((last[0] - first[0]) * source.time_base) + frame_duration,
         }
-        job.join(joined)
+        job.join(joined, time_base)
     except KeyboardInterrupt:
         output.discard()
         raise

@@ -107,10 +107,11 @@ class H264Writer:
             self.container.close()
 
 
-def join_segments(segments: list[tuple[str, int]], output_path: str) -> None:
+def join_segments(segments: list[tuple[str, int]], output_path: str, time_base: Fraction) -> None:
     r"""
     Concatenate H.264 segments into one video-only file without re-encoding. Each segment is `(path, start)`: its
-    timestamps count from 0 (MP4 keeps them exactly only then) and are moved to `start`, in its time base.
+    timestamps count from 0 (MP4 keeps them exactly only then) and are moved to `start`, given in `time_base` (the
+    unit the frames were written in; the MP4 muxer may store them in a finer one, e.g. 1/16000 for 1/1000).
     """
     with av.open(output_path, mode="w") as output:
         output_stream = None
@@ -119,10 +120,11 @@ def join_segments(segments: list[tuple[str, int]], output_path: str) -> None:
                 stream = segment.streams.video[0]
                 if output_stream is None:
                     output_stream = output.add_stream_from_template(stream)
+                offset = round(start * time_base / stream.time_base)
                 for packet in segment.demux(stream):
                     if packet.dts is None:  # the demuxer's final empty packet
                         continue
-                    packet.pts, packet.dts = packet.pts + start, packet.dts + start
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
                     packet.stream = output_stream
                     output.mux(packet)
 
