@@ -316,14 +316,16 @@ def run(args: argparse.Namespace) -> int:
     """Every job, or under `torchrun` / `accelerate launch` this process's share of them (largest first); the first
     process prints the summary of all. With `--context-parallel` all processes run the one video together, and the
     first alone writes it."""
-    from .video.ranks import Ranks
+    from .video.ranks import Ranks, launched_processes
 
     if args.context_parallel and int(os.environ.get("RANK", "0")) > 0:
         return follow(args)
     jobs = plan_jobs(Path(args.input), Path(args.output))
     folder_mode = Path(args.input).is_dir()
     check_writable(jobs[0][1].parent)
-    with Ranks(cpu=resolve_device(args.device).type == "cpu", share_work=not args.context_parallel) as ranks:
+    # A single process imports no torch before the input and lock checks, so a refused run answers at once.
+    share_work = launched_processes() > 1 and not args.context_parallel
+    with Ranks(cpu=share_work and resolve_device(args.device).type == "cpu", share_work=share_work) as ranks:
         mine = ranks.share([input_path.stat().st_size for input_path, _ in jobs])
         if not folder_mode and ranks.num_ranks > 1 and ranks.rank == 0:
             print(f"warning: one video runs in one process; the other {ranks.num_ranks - 1} wait.", file=sys.stderr)
