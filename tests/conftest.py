@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 from diffusers_infvsr import CausalWanTransformer3DModel
 
@@ -29,6 +30,15 @@ TINY_VAE_CONFIG = {
     "latents_mean": [0.1, -0.2, 0.3, 0.0],
     "latents_std": [1.5, 0.7, 1.2, 2.0],
 }
+
+
+@pytest.fixture(autouse=True)
+def restore_active_attention_backend():
+    """diffusers' `set_attention_backend` also sets the process-wide active backend, which every later model without
+    a backend of its own then uses: keep one test's choice from changing the numerics of the tests after it."""
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
 
 
 @pytest.fixture(scope="module")
