@@ -307,6 +307,7 @@ def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch
                  "--no-overlap"]  # fmt: skip
     with pytest.raises(Called):
         main(list(map(str, arguments)))
+    assert calls[0].pop("source").path == str(bad_inputs / "good.mp4")  # checked before the model loaded
     assert calls == [
         {
             "upscale_factor": 3,
@@ -323,6 +324,20 @@ def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch
             "overlap": False,
         }
     ]
+
+
+def test_one_file_is_scanned_and_checked_once(bad_inputs, tiny_pipeline_dir, monkeypatch, tmp_path):
+    """The command checks the input before loading the model and hands that check to the job: the packet scan reads
+    the whole file, so it must not run twice."""
+    from diffusers_infvsr.cli import main
+    from diffusers_infvsr.video import jobs
+
+    scans = []
+    scan = jobs.scan_packets
+    monkeypatch.setattr(jobs, "scan_packets", lambda path: scans.append(path) or scan(path))
+    arguments = [bad_inputs / "good.mp4", "-o", tmp_path / "out.mp4", "--model", tiny_pipeline_dir]
+    assert main(list(map(str, arguments))) == 0
+    assert scans == [str(bad_inputs / "good.mp4")]
 
 
 def test_scene_threshold_decides_the_cuts(tmp_path, tiny_pipe):

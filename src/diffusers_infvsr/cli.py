@@ -356,6 +356,7 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
 
     if not mine:
         return
+    source = None  # checked once here (single file) or inside each job (folder)
     if not folder_mode:  # fail before loading the model
         input_path, output_path = jobs[0]
         if _already_done(output_path, args):
@@ -414,6 +415,7 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
                 checkpoint_interval=math.inf if args.context_parallel else args.checkpoint_interval,
                 allow_damaged=args.allow_damaged,
                 overlap=not args.no_overlap,
+                source=source,
             )
         except VideoFileError as error:
             print(f"error: {error}", file=sys.stderr)

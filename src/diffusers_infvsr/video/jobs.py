@@ -548,6 +548,7 @@ def upscale_video(
     checkpoint_interval: float = 120.0,
     allow_damaged: bool = False,
     overlap: bool = True,
+    source: VideoInfo | None = None,
 ) -> UpscaleResult:
     r"""
     Upscale a video file into an H.264 file with InfVSR, streaming: frames are decoded, restored and encoded chunk by
@@ -580,6 +581,9 @@ def upscale_video(
             Decode (with scene detection), restore and encode at the same time, in three threads joined by bounded
             queues, so that the device does not wait for the host. `False` runs them one after the other in the
             calling thread: slower, with the same output and job files; meant for debugging and profiling.
+        source ([`VideoInfo`], *optional*):
+            What [`check_job`] returned for these same arguments, when the caller already ran it (the `infvsr` command
+            does, before loading the model): the input is then not scanned and checked a second time.
 
     Raises:
         `VideoFileError`: for unusable input or output, or a failure during the job, with a message that says what to
@@ -598,9 +602,10 @@ def upscale_video(
     """
     input_path, output_path = os.fspath(input_path), Path(output_path)
     pipe.check_inputs(upscale_factor)
-    source = check_job(input_path, output_path, upscale_factor, crf, overwrite, allow_damaged, start)
-    if source.interlaced:
-        logger.warning(interlaced_warning(source))
+    if source is None:
+        source = check_job(input_path, output_path, upscale_factor, crf, overwrite, allow_damaged, start)
+        if source.interlaced:
+            logger.warning(interlaced_warning(source))
     _check_model_frame_size(pipe, source.width, source.height, upscale_factor)
 
     settings = {
