@@ -44,13 +44,18 @@ from diffusers_infvsr.video.jobs import _restore_frames
 MICRO_VAE = {"base_dim": 2, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 0}
 
 
-def make_input(path: Path, frames: int, width: int, height: int) -> None:
-    """A `frames`-frame H.264 clip of two lavfi test patterns (a scene cut half-way), with AAC audio."""
+SCENE_SOURCES = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "smptehdbars", "yuvtestsrc")
+
+
+def make_input(path: Path, frames: int, width: int, height: int, scenes: int = 2) -> None:
+    """A `frames`-frame H.264 clip of `scenes` lavfi test patterns of about equal length one after another (hard cuts
+    between them), with AAC audio."""
     import subprocess
 
-    half = frames // 2
-    video = (f"testsrc2=size={width}x{height}:rate=25:duration={half / 25}[a];"
-             f"smptebars=size={width}x{height}:rate=25:duration={(frames - half) / 25}[b];[a][b]concat=n=2[v]")  # fmt: skip
+    bounds = [frames * index // scenes for index in range(scenes + 1)]
+    shots = [f"{SCENE_SOURCES[index % len(SCENE_SOURCES)]}=size={width}x{height}:rate=25:"
+             f"duration={(bounds[index + 1] - bounds[index]) / 25}[s{index}]" for index in range(scenes)]  # fmt: skip
+    video = ";".join(shots) + ";" + "".join(f"[s{index}]" for index in range(scenes)) + f"concat=n={scenes}[v]"
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-filter_complex", video, "-f", "lavfi", "-i",
                f"sine=frequency=440:duration={frames / 25}", "-map", "[v]", "-map", "0:a", "-frames:v", str(frames), "-shortest",
                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)]  # fmt: skip

@@ -12,13 +12,15 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Frames per second of `infvsr` on a folder of two-scene clips with 1 process and with `torchrun --nproc_per_node N`
-(gloo, CPU, one thread per process), and whether every output is the same, frame for frame (`--lossless`). Random
-weights of the tiny model of bench_pipeline.py; the time includes each process's start and model load.
+Frames per second of `infvsr` with 1 process and with `torchrun --nproc_per_node N` (gloo, CPU, one thread per
+process), and whether the outputs are the same, frame for frame (`--lossless`): on a folder of two-scene clips (the
+videos are shared among the processes), or with `--one-video` on one clip of `--scenes` scenes (its scenes are shared).
+Random weights of the tiny model of bench_pipeline.py; the time includes each process's start and model load.
 
     python benchmarks/bench_ranks.py --videos 4 --frames 24 --processes 2
+    python benchmarks/bench_ranks.py --one-video --scenes 6 --frames 240 --processes 2
 
-Prints the numbers and saves JSON (device, command, commit) under `results/`.
+Prints the numbers and saves JSON (device, command, commit) and a PNG under `results/`.
 """
 
 import argparse
@@ -42,8 +44,8 @@ def decode(path: Path) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def run_infvsr(processes: int, folder: Path, output: Path, model: Path, scale: int) -> tuple[list[str], float]:
-    command = [sys.executable, "-m", "diffusers_infvsr.cli", str(folder), "-o", str(output), "--model", str(model),
+def run_infvsr(processes: int, source: Path, output: Path, model: Path, scale: int) -> tuple[list[str], float]:
+    command = [sys.executable, "-m", "diffusers_infvsr.cli", str(source), "-o", str(output), "--model", str(model),
                "--lossless", "--scale", str(scale), "--device", "cpu"]  # fmt: skip
     if processes > 1:
         launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
@@ -54,42 +56,72 @@ def run_infvsr(processes: int, folder: Path, output: Path, model: Path, scale: i
     return command, time.perf_counter() - started
 
 
+def outputs(path: Path) -> list[Path]:
+    return sorted(path.iterdir()) if path.is_dir() else [path]
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3))
+    processes = list(record["frames_per_s"])
+    bars = axis.bar([f"{count} process{'es' if count != '1' else ''}" for count in processes],
+                    [record["frames_per_s"][count] for count in processes], color=["tab:gray", "tab:blue"])  # fmt: skip
+    axis.bar_label(bars, fmt="%.2f")
+    axis.set_ylabel("frames/s (incl. start and model load)")
+    what = f"one video, {record['scenes']} scenes" if record["one_video"] else f"{record['videos']} videos"
+    same = "identical frames" if record["identical_frames"] else "FRAMES DIFFER"
+    axis.set_title(f"{what}, {record['frames']} frames, {record['input_size']} x{record['scale']}: {same}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--videos", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=24, help="Frames per video (a scene cut half-way).")
+    parser.add_argument("--frames", type=int, default=24, help="Frames per video, or of the one video.")
+    parser.add_argument("--one-video", action="store_true", help="One video of --scenes scenes instead of a folder.")
+    parser.add_argument("--scenes", type=int, default=6, help="Scenes of the one video (about equal lengths).")
     parser.add_argument("--height", type=int, default=32)
     parser.add_argument("--width", type=int, default=48)
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--output", help="JSON path (default: results/cpu_<date>_ranks.json).")
+    parser.add_argument("--output", help="JSON path (default: results/cpu_<date>_ranks[_one_video].json).")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model = scratch / "model"
         build_pipeline("tiny", torch.device("cpu"), torch.float32, None).save_pretrained(model)
-        folder = scratch / "videos"
-        folder.mkdir()
-        for index in range(args.videos):
-            make_input(folder / f"clip-{index}.mp4", args.frames + index, args.width, args.height)
+        if args.one_video:
+            source, suffix = scratch / "clip.mp4", ".mp4"
+            make_input(source, args.frames, args.width, args.height, args.scenes)
+        else:
+            source, suffix = scratch / "videos", ""
+            source.mkdir()
+            for index in range(args.videos):
+                make_input(source / f"clip-{index}.mp4", args.frames + index, args.width, args.height)
         timings, commands = {}, {}
         for processes in (1, args.processes):
             commands[processes], timings[processes] = run_infvsr(
-                processes, folder, scratch / f"out-{processes}", model, args.scale
+                processes, source, scratch / f"out-{processes}{suffix}", model, args.scale
             )
-        names = sorted(os.listdir(scratch / "out-1"))
-        identical = names == sorted(os.listdir(scratch / f"out-{args.processes}")) and all(
-            np.array_equal(decode(scratch / "out-1" / name), decode(scratch / f"out-{args.processes}" / name))
-            for name in names
+        one, many = outputs(scratch / f"out-1{suffix}"), outputs(scratch / f"out-{args.processes}{suffix}")
+        identical = [path.name for path in one] == [path.name for path in many] and all(
+            np.array_equal(decode(a), decode(b)) for a, b in zip(one, many)
         )
-        frames = sum(len(decode(scratch / "out-1" / name)) for name in names)
+        frames = sum(len(decode(path)) for path in one)
 
     record = {
         **environment(torch.device("cpu")),
         "command": " ".join(["python", *sys.argv]),
         "infvsr_commands": {str(processes): " ".join(command[1:]) for processes, command in commands.items()},
-        "videos": args.videos,
+        "one_video": args.one_video,
+        "videos": 1 if args.one_video else args.videos,
+        "scenes": args.scenes if args.one_video else 2 * args.videos,
         "frames": frames,
         "input_size": f"{args.width}x{args.height}",
         "scale": args.scale,
@@ -100,10 +132,12 @@ def main(argv=None) -> dict:
         "identical_frames": identical,
     }
     print(json.dumps(record, indent=2))
-    output = Path(args.output or RESULTS_DIR / f"cpu_{record['date'][:10]}_ranks.json")
+    name = f"cpu_{record['date'][:10]}_ranks{'_one_video' if args.one_video else ''}"
+    output = Path(args.output or RESULTS_DIR / f"{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2))
-    print(f"saved {output}")
+    plot(record, output.with_suffix(".png"))
+    print(f"saved {output} and {output.with_suffix('.png')}")
     return record
 
 

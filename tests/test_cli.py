@@ -322,6 +322,7 @@ def test_every_option_reaches_the_job(bad_inputs, tiny_pipeline_dir, monkeypatch
             "checkpoint_interval": 5.0,
             "allow_damaged": True,
             "overlap": False,
+            "ranks": None,  # one process
         }
     ]
 

@@ -25,6 +25,22 @@ def make_clip(path, frames, size="24x16", rate="25", source="testsrc2", audio=Fa
     return str(path)
 
 
+def make_scenes_clip(path, scenes=(("testsrc2", 30), ("smptebars", 20), ("rgbtestsrc", 25)), size="32x24",
+                     extra=()) -> str:  # fmt: skip
+    r"""Shots of lavfi `(source, frames)` one after another (a hard cut between them) at 25 fps, key frames every 10
+    frames and B-frames, with a sine tone (AAC) as long as the video; `extra` is added to the output options."""
+    shots = [f"{source}=size={size}:rate=25:duration={frames / 25}[s{index}]" for index, (source, frames)
+             in enumerate(scenes)]  # fmt: skip
+    video = (
+        ";".join(shots) + ";" + "".join(f"[s{index}]" for index in range(len(scenes))) + f"concat=n={len(scenes)}[v]"
+    )
+    seconds = sum(frames for _, frames in scenes) / 25
+    ffmpeg("-filter_complex", video, "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-map", "[v]",
+           "-map", "0:a", "-c:v", "libx264", "-g", "10", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac", *extra,
+           path)  # fmt: skip
+    return str(path)
+
+
 def decode(path) -> np.ndarray:
     """All frames of a video as a (frames, height, width, 3) uint8 array."""
     with av.open(str(path)) as container:

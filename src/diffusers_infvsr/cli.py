@@ -313,9 +313,9 @@ def _already_done(output_path: Path, args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Every job, or under `torchrun` / `accelerate launch` this process's share of them (largest first); the first
-    process prints the summary of all. With `--context-parallel` all processes run the one video together, and the
-    first alone writes it."""
+    """Every job, or under `torchrun` / `accelerate launch` this process's share of them (largest first; the scenes of
+    a single video); the first process prints the summary of all. With `--context-parallel` all processes run the one
+    video together, and the first alone writes it."""
     from .video.ranks import Ranks, launched_processes
 
     if args.context_parallel and int(os.environ.get("RANK", "0")) > 0:
@@ -326,12 +326,14 @@ def run(args: argparse.Namespace) -> int:
     # A single process imports no torch before the input and lock checks, so a refused run answers at once.
     share_work = launched_processes() > 1 and not args.context_parallel
     with Ranks(cpu=share_work and resolve_device(args.device).type == "cpu", share_work=share_work) as ranks:
-        mine = ranks.share([input_path.stat().st_size for input_path, _ in jobs])
-        if not folder_mode and ranks.num_ranks > 1 and ranks.rank == 0:
-            print(f"warning: one video runs in one process; the other {ranks.num_ranks - 1} wait.", file=sys.stderr)
+        split_video = not folder_mode and ranks.num_ranks > 1 and not args.no_scene_detect
+        mine = [0] if split_video else ranks.share([input_path.stat().st_size for input_path, _ in jobs])
+        if not folder_mode and not split_video and ranks.num_ranks > 1 and ranks.rank == 0:
+            print(f"warning: without scene detection one video is one stream, run by one process; the other "
+                  f"{ranks.num_ranks - 1} wait.", file=sys.stderr)  # fmt: skip
         outcome = {"failed": [], "done_before": 0, "finished": set()}
         try:
-            _run_jobs(args, jobs, mine, folder_mode, ranks, outcome)
+            _run_jobs(args, jobs, mine, folder_mode, ranks, outcome, split_video)
         except Exception as error:  # noqa: BLE001 - one process's failure must not keep the others waiting below
             if ranks.num_ranks == 1:
                 raise
@@ -348,37 +350,61 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool, ranks, outcome: dict) -> None:
-    """Run the jobs numbered `mine`, recording in `outcome` the failed inputs, how many were already done and which
-    jobs finished (written, skipped or failed)."""
-    from .video import JobLock, VideoFileError, check_job, upscale_video, work_folder
+def _check_video(args: argparse.Namespace, input_path: Path, output_path: Path, first_process: bool):
+    """Every check of a single video's job that needs no model (the lock only on the first process); its `VideoInfo`."""
+    from .video import JobLock, check_job, work_folder
     from .video.jobs import interlaced_warning
 
-    if not mine:
-        return
-    source = None  # checked once here (single file) or inside each job (folder)
-    if not folder_mode:  # fail before loading the model
-        input_path, output_path = jobs[0]
-        if _already_done(output_path, args):
-            print(f"{output_path} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
-            return
-        source = check_job(
-            input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start
+    source = check_job(input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start)
+    if not first_process:
+        return source
+    if source.interlaced:
+        print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
+    if args.context_parallel and work_folder(output_path).exists() and not args.overwrite:
+        raise CommandError(
+            f"An interrupted job for {output_path} exists ({work_folder(output_path)}). --context-parallel cannot "
+            "resume it: pass --overwrite to start over, or continue it with --resume and without --context-parallel."
         )
-        if source.interlaced:
-            print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
-        if args.context_parallel and work_folder(output_path).exists() and not args.overwrite:
-            raise CommandError(
-                f"An interrupted job for {output_path} exists ({work_folder(output_path)}). --context-parallel cannot "
-                "resume it: pass --overwrite to start over, or continue it with --resume and without --context-parallel."
-            )
-        with JobLock(output_path):  # refuse now if another run holds it
-            pass
+    with JobLock(output_path):  # refuse now if another run holds it
+        pass
+    return source
+
+
+def _load_for(args: argparse.Namespace, ranks):
+    """The pipeline on this process's device."""
     device = start_context_parallel(args) if args.context_parallel else resolve_device(args.device)
     if ranks.device is not None and device.type == ranks.device.type and device.index is None:
         device = ranks.device  # this process's own GPU
     check_attention_backend(args.attention_backend)
-    pipe = load_pipeline(args, device)
+    return load_pipeline(args, device)
+
+
+def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool, ranks, outcome: dict,
+              split_video: bool) -> None:  # fmt: skip
+    """Run the jobs numbered `mine`, recording in `outcome` the failed inputs, how many were already done and which
+    jobs finished (written, skipped or failed). With `split_video` every process takes part in the one video, its
+    scenes shared among them."""
+    from .video import VideoFileError, upscale_video
+    from .video.scene_split import abandon
+
+    if not mine:
+        return
+    source = None  # checked once here (single file) or inside each job (folder)
+    if not folder_mode and _already_done(jobs[0][1], args):  # the same answer on every process: none takes part
+        if ranks.rank == 0:
+            print(f"{jobs[0][1]} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
+        return
+    try:
+        if not folder_mode:  # fail before loading the model
+            source = _check_video(args, *jobs[0], first_process=ranks.rank == 0)
+        pipe = _load_for(args, ranks)
+    except Exception as error:
+        if not split_video:
+            raise
+        abandon(ranks, error_message(error))  # the others learn it when they meet, and rank 0 reports it
+        if ranks.rank == 0:
+            raise
+        return
     if args.context_parallel:
         import torch.distributed as dist
 
@@ -388,7 +414,7 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
                                      dist.get_world_size())  # fmt: skip
         dist.barrier()  # the other processes start their stream now
 
-    on_rank = f" on rank {ranks.rank}" if ranks.num_ranks > 1 else ""
+    on_rank = f" on rank {ranks.rank}" if ranks.num_ranks > 1 and not split_video else ""
     for index in mine:
         input_path, output_path = jobs[index]
         prefix = f"[{index + 1}/{len(jobs)}{on_rank}] " if folder_mode or on_rank else ""
@@ -397,7 +423,8 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
             outcome["done_before"] += 1
             outcome["finished"].add(index)
             continue
-        pipe.set_progress_bar_config(desc=f"{prefix}{input_path.name}", unit="frame")
+        scenes_of = f"[scenes on rank {ranks.rank}] " if split_video else prefix
+        pipe.set_progress_bar_config(desc=f"{scenes_of}{input_path.name}", unit="frame")
         try:
             result = upscale_video(
                 input_path,
@@ -416,6 +443,7 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
                 allow_damaged=args.allow_damaged,
                 overlap=not args.no_overlap,
                 source=source,
+                ranks=ranks if split_video else None,
             )
         except VideoFileError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -423,9 +451,14 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
             outcome["finished"].add(index)
             continue
         outcome["finished"].add(index)
+        if result is None:  # this process's scenes are done; rank 0 wrote the video
+            continue
         resumed = f", resumed after {result.resumed_from} frames" if result.resumed_from else ""
         scenes = f", {len(result.scene_starts)} scenes" if result.scene_starts else ""
-        print(f"{prefix}wrote {result.output_path}: {result.num_frames} frames{scenes}{resumed}", flush=True)
+        processes = f" on {ranks.num_ranks} processes" if split_video else ""
+        print(
+            f"{prefix}wrote {result.output_path}: {result.num_frames} frames{scenes}{processes}{resumed}", flush=True
+        )
 
 
 def error_message(error: Exception) -> str:

@@ -81,6 +81,25 @@ class StreamMarker(enum.Enum):
     REFRESH_REFERENCE = "refresh_reference"
 
 
+def insert_markers(frames: Iterable, scene_starts: Iterable[int] = (), reference_refreshes: Iterable[int] = ()):
+    r"""
+    The frames of `frames` with [`StreamMarker`] values before the frames they apply to, given by frame index: known
+    cuts and refreshes (e.g. from an earlier [`~scenes.SceneMarker`] pass) replayed for [`InfVSRPipeline.stream`].
+
+    ```py
+    >>> list(insert_markers("abcd", scene_starts=[0, 2], reference_refreshes=[3]))
+    ['a', 'b', <StreamMarker.NEW_SCENE: 'new_scene'>, 'c', <StreamMarker.REFRESH_REFERENCE: 'refresh_reference'>, 'd']
+    ```
+    """
+    scene_starts, reference_refreshes = set(scene_starts), set(reference_refreshes)
+    for index, frame in enumerate(frames):
+        if index in scene_starts and index > 0:
+            yield StreamMarker.NEW_SCENE
+        if index in reference_refreshes:
+            yield StreamMarker.REFRESH_REFERENCE
+        yield frame
+
+
 @dataclass
 class InfVSRPipelineOutput(BaseOutput):
     r"""
@@ -558,17 +577,8 @@ class InfVSRPipeline(DiffusionPipeline):
         frames = self.video_to_frames(video)
         if not frames:
             raise ValueError("The video is empty: at least one frame is needed.")
-        scene_starts, reference_refreshes = set(scene_starts), set(reference_refreshes)
-
-        def frames_with_markers():
-            for index, frame in enumerate(frames):
-                if index in scene_starts and index > 0:
-                    yield StreamMarker.NEW_SCENE
-                if index in reference_refreshes:
-                    yield StreamMarker.REFRESH_REFERENCE
-                yield frame
-
-        outputs = list(self.stream(frames_with_markers(), upscale_factor, output_type, total_frames=len(frames)))
+        marked = insert_markers(frames, scene_starts, reference_refreshes)
+        outputs = list(self.stream(marked, upscale_factor, output_type, total_frames=len(frames)))
         if output_type == "latent":
             result = torch.cat(outputs, dim=2)
         elif output_type == "pil":

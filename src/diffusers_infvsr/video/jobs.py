@@ -21,6 +21,8 @@ Layout of the job folder `.NAME.infvsr-partial/`:
   then) and belong at PTS (the input's time base, counted from the first frame of the job).
 - `checkpoint-FFFFFFFFF.pt`: stream state after F frames and the segments holding them; the newest two are kept.
 - `video.mp4` + `joined.json`: all segments joined once every frame is done; only the final mux is left.
+- `plan.json` and `scene-NNNNNN/`: a job whose scenes are shared among processes (`video/scene_split.py`); each
+  scene's folder holds its own segments and checkpoints, and `done.json` once the scene is finished.
 
 torch and the pipeline are imported where frames are restored, so that every check before a job (`check_job`, the
 lock) answers without them.
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .overlap import BackgroundIterator
+from .ranks import Ranks
 from .reading import (
     HDR_TRANSFERS,
     DamagedVideoError,
@@ -239,12 +242,13 @@ def _load_json(path: Path) -> dict | None:
 class JobFolder:
     r"""
     The hidden folder of one output's job: its identity, its segments and its checkpoints (see the module's
-    docstring). All files in it are written atomically, so a failure at any moment leaves a resumable folder.
+    docstring). All files in it are written atomically, so a failure at any moment leaves a resumable folder. `path`
+    names another folder for part of the job (one scene of a video split among processes).
     """
 
-    def __init__(self, output_path: Path):
+    def __init__(self, output_path: Path, path: Path | None = None):
         self.output_path = output_path
-        self.path = work_folder(output_path)
+        self.path = path or work_folder(output_path)
         self.segments: list[str] = []
 
     @property
@@ -307,17 +311,15 @@ class JobFolder:
         """The file of the next segment, whose first frame is shown at `start`."""
         return self.path / f"segment-{len(self.segments):06d}-{start}.mp4"
 
-    def segment_paths(self) -> list[str]:
-        return [str(self.path / name) for name in self.segments]
-
-    def join(self, joined: dict, time_base: Fraction) -> None:
-        r"""Join the segments (frames written in `time_base`) into `video.mp4`, after checking the free space it needs,
-        and record `joined` with it; then the segments and checkpoints are deleted, which frees their space for the
-        final mux."""
-        check_free_space(self.path, sum(map(os.path.getsize, self.segment_paths())), "Joining the video segments")
+    def join(self, joined: dict, time_base: Fraction, segments: list[tuple[str, int]] | None = None) -> None:
+        r"""Join the segments (frames written in `time_base`; default: this folder's, else `(path, start)` pairs) into
+        `video.mp4`, after checking the free space it needs, and record `joined` with it; then this folder's segments
+        and checkpoints are deleted, which frees their space for the final mux."""
+        segments = self.segments_with_starts() if segments is None else segments
+        check_free_space(self.path, sum(os.path.getsize(path) for path, _ in segments), "Joining the video segments")
         partial = self.path / "video.partial.mp4"
         try:
-            join_segments(self.segments_with_starts(), str(partial), time_base)
+            join_segments(segments, str(partial), time_base)
             with open(partial, "rb") as file:
                 os.fsync(file.fileno())
         except BaseException:
@@ -549,7 +551,8 @@ def upscale_video(
     allow_damaged: bool = False,
     overlap: bool = True,
     source: VideoInfo | None = None,
-) -> UpscaleResult:
+    ranks: Ranks | None = None,
+) -> UpscaleResult | None:
     r"""
     Upscale a video file into an H.264 file with InfVSR, streaming: frames are decoded, restored and encoded chunk by
     chunk, so memory stays flat however long the video is. Every frame keeps its input timestamp (variable frame
@@ -584,6 +587,11 @@ def upscale_video(
         source ([`VideoInfo`], *optional*):
             What [`check_job`] returned for these same arguments, when the caller already ran it (the `infvsr` command
             does, before loading the model): the input is then not scanned and checked a second time.
+        ranks ([`~video.ranks.Ranks`], *optional*):
+            The processes of a `torchrun` / `accelerate launch` run, all of which call this for the same video: its
+            scenes are then shared among them ([`~video.scene_split.upscale_by_scene`]) and the result, the same
+            frames as one process makes, is returned on rank 0 (`None` on the others). A job split this way is also
+            resumed this way, by any number of processes.
 
     Raises:
         `VideoFileError`: for unusable input or output, or a failure during the job, with a message that says what to
@@ -621,7 +629,14 @@ def upscale_video(
         "scene_detection": scene_detection,
         "scene_threshold": scene_threshold,
     }
+    from .scene_split import PLAN_FILE, upscale_by_scene
+
     job = JobFolder(output_path)
+    split = scene_detection and ranks is not None and ranks.num_ranks > 1
+    if split or (resume and (job.path / PLAN_FILE).exists()):
+        ranks = ranks or Ranks(share_work=False)
+        return upscale_by_scene(job, source, pipe, settings, ranks, overwrite, resume, checkpoint_interval,
+                                allow_damaged, overlap)  # fmt: skip
     with JobLock(output_path):
         resuming = _resume_or_start(job, settings, overwrite, resume)
         return _run_job(job, source, pipe, settings, resuming, checkpoint_interval, allow_damaged, overlap)
@@ -647,6 +662,19 @@ def _run_job(
         marker, joined = _upscale_frames(
             job, source, pipe, settings, state, checkpoint_interval, allow_damaged, overlap
         )
+    finish_job(job, source, joined)
+    return UpscaleResult(
+        output_path=str(job.output_path),
+        num_frames=joined["frames"],
+        scene_starts=marker.scene_starts if marker else ([0] if resumed_from == 0 else []),
+        reference_refreshes=marker.reference_refreshes if marker else [],
+        resumed_from=resumed_from if marker else joined["frames"],
+    )
+
+
+def finish_job(job: JobFolder, source: VideoInfo, joined: dict) -> None:
+    r"""The last step of a job whose frames are all in `video.mp4`: add the input's other streams into the output, put
+    it under its final name and delete the job folder."""
     temporary_output = job.path / f"output{job.output_path.suffix}"
     try:
         check_free_space(job.path, extra_streams_size(source, joined["duration"]), "Adding the audio and subtitles")
@@ -659,13 +687,6 @@ def _run_job(
         ) from error
     os.replace(temporary_output, job.output_path)
     shutil.rmtree(job.path)
-    return UpscaleResult(
-        output_path=str(job.output_path),
-        num_frames=joined["frames"],
-        scene_starts=marker.scene_starts if marker else ([0] if resumed_from == 0 else []),
-        reference_refreshes=marker.reference_refreshes if marker else [],
-        resumed_from=resumed_from if marker else joined["frames"],
-    )
 
 
 def _restore_frames(pipe, items, upscale_factor, total, state, checkpoint_interval) -> Iterator:
@@ -712,52 +733,108 @@ def _restore_frames(pipe, items, upscale_factor, total, state, checkpoint_interv
 
 
 def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, allow_damaged, overlap):
-    r"""Restore every frame into segments, then join them into `video.mp4`; return the scene marker and the join.
-
-    Three stages: decoding with scene detection, the model, and encoding into segments (which also saves the
-    checkpoints, so a checkpoint always follows every frame before it into a closed segment). With `overlap` the first
-    two run in background threads, a bounded number of frames ahead of the next stage; without it, one after the
-    other in this thread. Both give the same frames and the same job files.
-    """
-    from ..pipeline_infvsr import CHUNK_FRAMES
+    r"""Restore every frame into segments, then join them into `video.mp4`; return the scene marker and the join."""
     from ..scenes import SceneMarker
-
-    upscale_factor, start, max_frames = settings["upscale_factor"], settings["start"], settings["max_frames"]
-    resumed_from = state.frames_done if state else 0
-    # (pts, seconds) of frames read and not yet written: appended by the decoding stage, taken by the encoding stage.
-    timestamps: deque[tuple[int, float]] = deque()
-    first: list[int] = []
-
-    def frames() -> Iterator[np.ndarray]:
-        for frame in decode_frames(source.path, start, max_frames, allow_damaged):
-            if not first:
-                first.append(frame.pts)
-            timestamps.append((frame.pts, frame.time))
-            yield frame.image
 
     marker = None
     if settings["scene_detection"]:
         marker = SceneMarker(threshold=settings["scene_threshold"], reference_threshold=settings["scene_threshold"])
-    items = _skip_frames(marker.mark(frames()) if marker else frames(), resumed_from)
+    start, max_frames = settings["start"], settings["max_frames"]
+    decoded = decode_frames(source.path, start, max_frames, allow_damaged)
+    span = restore_into_segments(job, decoded, marker.mark if marker else iter, source, pipe, settings, state,
+                                 expected_frames(source, start, max_frames), checkpoint_interval, overlap)  # fmt: skip
+    joined = joined_record(source, span.first_pts, span.last_pts, span.frames)
+    with keeping_finished_work(job):
+        job.join(joined, output_time_base(source))
+    return marker, joined
+
+
+def expected_frames(source: VideoInfo, start: float, max_frames: int | None) -> int | None:
+    """How many frames a job from `start` covers, as far as the input's frame count is known (for progress bars)."""
     total = max(source.num_frames - round(start * source.fps), 0) if source.num_frames else None
     if max_frames is not None:
         total = min(total, max_frames) if total is not None else max_frames
-    size = (source.width * upscale_factor, source.height * upscale_factor)
-    grid = source.frame_grid  # e.g. 30000/1001 fps stored in milliseconds: written exactly again
-    time_base = 1 / grid if grid else source.time_base
+    return total
+
+
+def output_time_base(source: VideoInfo) -> Fraction:
+    """The time base of the output's frames: the input's frame grid where it has one (e.g. 30000/1001 fps stored in
+    milliseconds is then written exactly again), else the input's time base."""
+    return 1 / source.frame_grid if source.frame_grid else source.time_base
+
+
+def joined_record(source: VideoInfo, first_pts: int, last_pts: int, frames: int) -> dict:
+    """What `joined.json` records of a job's frames: their number, start and duration in seconds."""
+    return {
+        "frames": frames,
+        "start": float(first_pts * source.time_base),
+        "duration": float((last_pts - first_pts) * source.time_base) + float(1 / source.fps),
+    }
+
+
+@dataclass
+class Span:
+    """Frames written into a job's segments: the input timestamps of the job's first frame and of the last frame
+    written, and how many frames the job's folder holds."""
+
+    first_pts: int
+    last_pts: int
+    frames: int
+
+
+def restore_into_segments(
+    job: JobFolder,
+    decoded: Iterator,
+    mark: Callable[[Iterator[np.ndarray]], Iterator],
+    source: VideoInfo,
+    pipe: InfVSRPipeline,
+    settings: dict,
+    state,
+    total: int | None,
+    checkpoint_interval: float,
+    overlap: bool,
+    first_pts: int | None = None,
+) -> Span:
+    r"""
+    Restore the frames of `decoded` ([`DecodedFrame`]s) into the segments of `job`, with checkpoints; `mark` adds the
+    stream markers (scene cuts, reference refreshes). The stream continues from `state` (the first `state.frames_done`
+    frames are done). Output timestamps count from `first_pts` (default: the first frame's).
+
+    Three stages: decoding with the markers, the model, and encoding into segments (which also saves the checkpoints,
+    so a checkpoint always follows every frame before it into a closed segment). With `overlap` the first two run in
+    background threads, a bounded number of frames ahead of the next stage; without it, one after the other in this
+    thread. Both give the same frames and the same job files.
+    """
+    from ..pipeline_infvsr import CHUNK_FRAMES
+
+    resumed_from = state.frames_done if state else 0
+    # Timestamps of frames read and not yet written: appended by the decoding stage, taken by the encoding stage.
+    timestamps: deque[int] = deque()
+    first: list[int] = [] if first_pts is None else [first_pts]
+
+    def frames() -> Iterator[np.ndarray]:
+        for frame in decoded:
+            if not first:
+                first.append(frame.pts)
+            timestamps.append(frame.pts)
+            yield frame.image
+
+    items = _skip_frames(mark(frames()), resumed_from)
+    size = (source.width * settings["upscale_factor"], source.height * settings["upscale_factor"])
+    time_base, grid = output_time_base(source), source.frame_grid
 
     def output_pts(pts: int) -> int:
         return round((pts - first[0]) * source.time_base * grid) if grid else pts - first[0]
 
     output = _SegmentWriter(job, size, source, time_base, settings["crf"], settings["lossless"])
     frames_written, skipped, last = resumed_from, resumed_from, None
-    try:
+    with keeping_finished_work(job, output.discard, lambda: frames_written):
         with contextlib.ExitStack() as stages:
             if overlap:
                 items = stages.enter_context(BackgroundIterator(items, 2 * CHUNK_FRAMES, "infvsr-decode"))
             else:
                 stages.enter_context(contextlib.closing(items))
-            restored = _restore_frames(pipe, items, upscale_factor, total, state, checkpoint_interval)
+            restored = _restore_frames(pipe, items, settings["upscale_factor"], total, state, checkpoint_interval)
             if overlap:  # closed first on the way out: the model stops after its chunk, then decoding stops
                 restored = stages.enter_context(BackgroundIterator(restored, CHUNK_FRAMES, "infvsr-model"))
             else:
@@ -772,40 +849,40 @@ def _upscale_frames(job, source, pipe, settings, state, checkpoint_interval, all
                     ready.synchronize()
                 while skipped:  # the timestamps of frames done before the resume
                     last, skipped = timestamps.popleft(), skipped - 1
-                pts, seconds = timestamps.popleft()
-                output.write(image.numpy(), output_pts(pts))
+                last = timestamps.popleft()
+                output.write(image.numpy(), output_pts(last))
                 frames_written += 1
-                last = (pts, seconds)
         while skipped:  # every frame was done before the resume
             last, skipped = timestamps.popleft(), skipped - 1
         output.close_segment()
-        next_frame = timestamps[0][1] if timestamps else None
-        frame_duration = (next_frame - last[1]) if next_frame else float(1 / source.fps)
-        joined = {
-            "frames": frames_written,
-            "start": float(first[0] * source.time_base),
-            "duration": float((last[0] - first[0]) * source.time_base) + frame_duration,
-        }
-        job.join(joined, time_base)
+    return Span(first[0], last, frames_written)
+
+
+@contextlib.contextmanager
+def keeping_finished_work(job: JobFolder, discard: Callable[[], None] = lambda: None, frames_done=lambda: 0):
+    r"""Turn any failure inside into a [`VideoFileError`] that says how to go on, after `discard()` drops the segment
+    being written: the job folder is kept with its finished segments and checkpoints for `--resume`, or deleted when
+    it holds none yet."""
+    try:
+        yield
     except KeyboardInterrupt:
-        output.discard()
+        discard()
         raise
     except DamagedVideoError as error:
-        output.discard()
+        discard()
         if not job.segments and not job.checkpoints():  # nothing done yet: nothing to keep
             shutil.rmtree(job.path)
             raise
         raise DamagedVideoError(
-            f"{error} The {frames_written} frames done so far are kept in {job.path}: add --allow-damaged --resume to "
+            f"{error} The {frames_done()} frames done so far are kept in {job.path}: add --allow-damaged --resume to "
             "the same command to go on past the damage.",
             error.frames_before,
         ) from error
     except Exception as error:  # noqa: BLE001 - whatever failed, keep the finished work and say how to continue
-        output.discard()
+        discard()
         if not job.segments and not job.checkpoints():  # nothing done yet: nothing to keep
             shutil.rmtree(job.path)
             if isinstance(error, VideoFileError):
                 raise
             raise VideoFileError(f"{job.output_path} was not written: {error}") from error
         raise VideoFileError(_kept_message(job, error)) from error
-    return marker, joined

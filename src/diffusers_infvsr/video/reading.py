@@ -316,7 +316,11 @@ class DecodedFrame:
 
 
 def decode_frames(
-    path: str | os.PathLike, start: float = 0.0, max_frames: int | None = None, allow_damaged: bool = False
+    path: str | os.PathLike,
+    start: float = 0.0,
+    max_frames: int | None = None,
+    allow_damaged: bool = False,
+    first_pts: int | None = None,
 ) -> Iterator[DecodedFrame]:
     r"""
     Decode a video lazily with each frame's timestamp (memory does not depend on its length).
@@ -328,6 +332,9 @@ def decode_frames(
             timestamps do not start at 0, as in MPEG-TS, count from their first frame).
         max_frames (`int`, *optional*): Stop after this many frames.
         allow_damaged (`bool`, defaults to `False`): Go on past corrupt packets and decoding errors instead of raising.
+        first_pts (`int`, *optional*):
+            Instead of `start`: begin at the frame whose [`DecodedFrame`] `pts` is this (e.g. a scene's first frame
+            from an earlier pass), decoding from the key frame before it.
 
     Raises:
         `DamagedVideoError`: where a packet cannot be decoded, or the decoder drops frames.
@@ -340,9 +347,14 @@ def decode_frames(
         time_base = stream.time_base
         origin = stream.start_time or 0
         color = None
-        threshold = origin + start / time_base - Fraction(1, 2) / (stream.average_rate or 1000) / time_base
-        if start > 0 and _seek_lands_before(path, origin + int(start / time_base), threshold):
-            container.seek(origin + int(start / time_base), stream=stream, backward=True)
+        if first_pts is not None:
+            target = threshold = origin + first_pts
+        else:
+            target = origin + int(start / time_base)
+            threshold = origin + start / time_base - Fraction(1, 2) / (stream.average_rate or 1000) / time_base
+        skipping = start > 0 or bool(first_pts)
+        if skipping and _seek_lands_before(path, target, threshold):
+            container.seek(target, stream=stream, backward=True)
         size, count, sent, last_pts, interlaced = None, 0, 0, None, False
 
         def damaged(what: str) -> DamagedVideoError:
@@ -366,7 +378,7 @@ def decode_frames(
                 raise damaged(f"decoding failed ({error})") from error
             for frame in frames:
                 pts = frame.pts if frame.pts is not None else (last_pts or origin) + 1
-                if start > 0 and pts < threshold:
+                if skipping and pts < threshold:
                     continue
                 if frame.is_corrupt and not allow_damaged:
                     raise damaged("a frame decoded with errors")
@@ -387,7 +399,7 @@ def decode_frames(
                 yield DecodedFrame(image, int(pts - origin), float((pts - origin) * time_base))
                 if max_frames is not None and count >= max_frames:
                     return
-        if not allow_damaged and start == 0 and not interlaced and sent > count:
+        if not allow_damaged and not skipping and not interlaced and sent > count:
             raise damaged(f"the decoder produced {count} frames from {sent} packets")
 
 
