@@ -1,5 +1,6 @@
 """One video split by scene among processes: seeking to a scene, the planning pass, `torchrun` runs and their failures."""
 
+import json
 import os
 import re
 import signal
@@ -20,9 +21,9 @@ from diffusers_infvsr import StreamMarker
 from diffusers_infvsr.cli import main
 from diffusers_infvsr.pipeline_infvsr import insert_markers
 from diffusers_infvsr.scenes import SceneMarker
-from diffusers_infvsr.video import H264Writer, decode_frames, probe_video, scene_split, work_folder
+from diffusers_infvsr.video import H264Writer, JobFolder, decode_frames, probe_video, scene_split, work_folder
 from diffusers_infvsr.video.ranks import assign_largest_first
-from diffusers_infvsr.video.scene_split import Scene, frame_hash, plan_scenes
+from diffusers_infvsr.video.scene_split import Scene, ScenePlan, frame_hash, plan_scenes
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv", "ts"])
@@ -154,14 +155,14 @@ def test_a_killed_process_leaves_its_scenes_to_resume_identically(tmp_path, tiny
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job = work_folder(tmp_path / "two.mp4")
     deadline = time.monotonic() + 240
-    while not list(job.glob("scene-000001/checkpoint-*.pt")):  # rank 1, 9 frames into its first scene
+    while not list(job.glob("scene-000002/checkpoint-*.pt")):  # rank 1, 9 frames into its second scene
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint on rank 1"
         time.sleep(0.02)
     os.kill(rank_pid(process.pid, 1), signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)  # the launcher stops rank 0 too
     assert process.returncode != 0 and "SIGKILL" in stderr
     assert not (tmp_path / "two.mp4").exists() and (job / "plan.json").exists()
-    assert not (job / "scene-000001" / "done.json").exists()
+    assert (job / "scene-000001" / "done.json").exists() and not (job / "scene-000002" / "done.json").exists()
 
     result = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -171,6 +172,29 @@ def test_a_killed_process_leaves_its_scenes_to_resume_identically(tmp_path, tiny
     assert main([clip, "-o", str(tmp_path / "one.mp4"), *map(str, options)]) == 0
     np.testing.assert_array_equal(decode(tmp_path / "two.mp4"), decode(tmp_path / "one.mp4"))
     assert not job.exists()
+
+
+def test_a_resumed_job_runs_the_unfinished_scenes_or_continues_a_single_process_job(tmp_path):
+    clip = make_scenes_clip(tmp_path / "clip.mp4")
+    source, job = probe_video(clip), JobFolder(tmp_path / "out.mp4")
+    settings = {"start": 0.0, "max_frames": None, "scene_threshold": 27.0}
+    job.start(settings)
+    planned = scene_split._prepare(job, source, settings, resuming=False, allow_damaged=False)
+    assert planned["pending"] == [0, 1, 2] and ScenePlan.from_dict(planned["plan"]).scene_starts == [0, 30, 50]
+    for index, segments in ((0, ["segment-000000-0.mp4"]), (2, ["segment-000000-50.mp4", "segment-000001-59.mp4"])):
+        folder = job.path / f"scene-{index:06d}"
+        folder.mkdir()
+        (folder / "done.json").write_text(json.dumps({"segments": segments}))
+        for name in segments:
+            (folder / name).touch()
+    (job.path / "scene-000002" / "segment-000001-59.mp4").unlink()  # a finished scene that lost a segment: redone
+    resumed = scene_split._prepare(job, source, settings, resuming=True, allow_damaged=False)
+    assert resumed == {"plan": planned["plan"], "pending": [1, 2]}  # the saved plan, not a new pass
+
+    single = JobFolder(tmp_path / "single.mp4")
+    single.start(settings)
+    (single.path / "checkpoint-000000009.pt").touch()  # a single process's interrupted job
+    assert scene_split._prepare(single, source, settings, resuming=True, allow_damaged=False) == {"alone": True}
 
 
 class TwoRanks:
