@@ -110,9 +110,8 @@ def main(argv=None) -> dict:
                 processes, source, scratch / f"out-{processes}{suffix}", model, args.scale
             )
         one, many = outputs(scratch / f"out-1{suffix}"), outputs(scratch / f"out-{args.processes}{suffix}")
-        identical = [path.name for path in one] == [path.name for path in many] and all(
-            np.array_equal(decode(a), decode(b)) for a, b in zip(one, many)
-        )
+        same_names = args.one_video or [path.name for path in one] == [path.name for path in many]
+        identical = same_names and all(np.array_equal(decode(a), decode(b)) for a, b in zip(one, many))
         frames = sum(len(decode(path)) for path in one)
 
     record = {
