@@ -74,6 +74,7 @@ def plot(record: dict, path: Path) -> None:
     bars = axis.bar([f"{count} process{'es' if count != '1' else ''}" for count in processes],
                     [record["frames_per_s"][count] for count in processes], color=["tab:gray", "tab:blue"])  # fmt: skip
     axis.bar_label(bars, fmt="%.2f")
+    axis.set_ylim(0, 1.15 * max(record["frames_per_s"].values()))
     axis.set_ylabel("frames/s (incl. start and model load)")
     what = f"one video, {record['scenes']} scenes" if record["one_video"] else f"{record['videos']} videos"
     same = "identical frames" if record["identical_frames"] else "FRAMES DIFFER"
