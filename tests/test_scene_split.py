@@ -238,3 +238,29 @@ def test_a_process_that_cannot_start_tells_the_others_and_prints_nothing(tmp_pat
     assert main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(tmp_path / "no-model")]) == 1
     assert ranks.brought[0]["error"].startswith("Cannot load the model") and ranks.meetings == []
     assert "error:" not in capsys.readouterr().err  # rank 0 reports it
+
+
+def test_a_scene_failing_on_another_process_is_reported_and_one_process_resumes_the_rest(
+    tmp_path, tiny_pipeline_dir, monkeypatch, capsys
+):
+    """Rank 0 of 2 (the launcher stood in for) runs scene 0; rank 1 reports that its scenes failed."""
+    failure = {"error": "out.mp4 was not finished: the disk is full", "resumed": 0}
+    ranks = TwoRanks(0, [{"error": None}, {"error": None}, failure, {"failed": [], "done_before": 0}])
+    monkeypatch.setattr("diffusers_infvsr.video.ranks.Ranks", ranks)
+    clip = make_scenes_clip(tmp_path / "clip.mp4")  # scenes of 30 (rank 0), 20 and 25 frames (rank 1)
+    options = ["--model", str(tiny_pipeline_dir), "--lossless", "--scale", "2"]
+    output = tmp_path / "out.mp4"
+    assert main([clip, "-o", str(output), *options]) == 1
+    assert ranks.meetings == []
+    assert capsys.readouterr().err.count("error: rank 1: out.mp4 was not finished: the disk is full") == 1
+    job = work_folder(output)
+    assert (job / "plan.json").exists() and (job / "scene-000000" / "done.json").exists()
+    assert not output.exists() and not (job / "scene-000001").exists()
+
+    monkeypatch.undo()
+    assert main([clip, "-o", str(output), *options, "--resume"]) == 0  # one process takes the split job over
+    assert (
+        "wrote" in (printed := capsys.readouterr().out) and "75 frames, 3 scenes, resumed after 30 frames" in printed
+    )
+    assert main([clip, "-o", str(tmp_path / "one.mp4"), *options]) == 0
+    np.testing.assert_array_equal(decode(output), decode(tmp_path / "one.mp4"))

@@ -331,7 +331,8 @@ def upscale_by_scene(
         failed = _failures(meeting)
         if failed:
             raise VideoFileError(failed)
-        return _join_scenes(job, source, plan, sum(result["resumed"] for result in meeting))
+        done_before = plan.frames - sum(plan.scenes[index].frames for index in pending)  # scenes finished before
+        return _join_scenes(job, source, plan, done_before + sum(result["resumed"] for result in meeting))
     finally:
         lock.release()
 
