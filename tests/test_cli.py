@@ -140,6 +140,8 @@ def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_d
     # A crash (SIGKILL) after the first chunk: nothing under the final name.
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = wait_for_checkpoint(work, process, more_than=0)
+    # Paused (it keeps its lock), so that the run is not near its end when the resumed run below is interrupted.
+    process.send_signal(signal.SIGSTOP)
     # A second run on the same output, even with --overwrite, is refused and leaves the live job alone.
     job_file = (work / "job.json").read_text()
     second = run_infvsr(*command[1:], "--overwrite")

@@ -288,8 +288,8 @@ def upscale_by_scene(
             try:
                 lock.acquire()
                 resuming = _resume_or_start(job, settings, overwrite, resume)
-            except VideoFileError as failure:
-                error = str(failure)
+            except Exception as failure:  # noqa: BLE001 - every process must hear of it at the next meeting
+                error = _message(job, failure)
         failed = _failures(ranks.gather({"error": error}))
         if failed:
             if ranks.rank == 0 and error is None and not resuming:
@@ -300,8 +300,8 @@ def upscale_by_scene(
         if ranks.rank == 0:
             try:
                 work.update(_prepare(job, source, settings, resuming, allow_damaged))
-            except VideoFileError as failure:
-                work["error"] = str(failure)
+            except Exception as failure:  # noqa: BLE001 - every process must hear of it at the next meeting
+                work["error"] = _message(job, failure)
                 if not resuming:
                     shutil.rmtree(job.path)  # nothing done yet
         work = ranks.gather(work)[0]
@@ -319,11 +319,8 @@ def upscale_by_scene(
             try:
                 resumed += _restore_scene(job, plan, index, source, pipe, settings, checkpoint_interval,
                                           allow_damaged, overlap)  # fmt: skip
-            except VideoFileError as failure:
-                error = str(failure)
-                break
             except Exception as failure:  # noqa: BLE001 - reported by rank 0; the others must not wait for this one
-                error = _kept_message(job, failure)
+                error = _message(job, failure)
                 break
         meeting = ranks.gather({"error": error, "resumed": resumed})
         if ranks.rank != 0:
@@ -335,6 +332,10 @@ def upscale_by_scene(
         return _join_scenes(job, source, plan, done_before + sum(result["resumed"] for result in meeting))
     finally:
         lock.release()
+
+
+def _message(job: JobFolder, failure: Exception) -> str:
+    return str(failure) if isinstance(failure, VideoFileError) else _kept_message(job, failure)
 
 
 def _stop(ranks: Ranks, error: str) -> None:
