@@ -130,6 +130,12 @@ def wait_for_checkpoint(work: Path, process: subprocess.Popen, more_than: int) -
     raise TimeoutError("no checkpoint")
 
 
+def hear_ctrl_c() -> None:
+    """In a child process: take SIGINT as Ctrl-C even when the tests run as a background job of a shell without job
+    control (which starts them with SIGINT ignored, and Python then leaves it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_dir):
     source = make_clip(tmp_path / "clip.mp4", frames=57, size="16x16", rate="24", audio=True)
     options = ["--model", tiny_pipeline_dir, "--lossless", "--checkpoint-interval", 0]
@@ -156,8 +162,9 @@ def test_kill_and_resume_give_the_uninterrupted_frames(tmp_path, tiny_pipeline_d
 
     # Ctrl-C of the resumed run, one chunk later: exit code 130 and a hint.
     process = subprocess.Popen(
-        command + ["--resume"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command + ["--resume"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=hear_ctrl_c,
+    )  # fmt: skip
     done = wait_for_checkpoint(work, process, more_than=done)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
