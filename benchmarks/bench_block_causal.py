@@ -28,14 +28,13 @@ frames of 36 x 64 (a 288 x 512 clip), i.e. 5184 tokens.
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_pipeline import RESULTS_DIR, environment
+from bench_pipeline import RESULTS_DIR, environment, save_record
 
 import diffusers_infvsr
 from diffusers_infvsr import CausalWanTransformer3DModel
@@ -134,9 +133,7 @@ def main():
     )
     label = args.label or result["commit"].replace("+", "-")
     output = Path(args.output or RESULTS_DIR / f"{device.type}_{datetime.date.today()}_block_causal_{label}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {output}")
+    save_record(result, output)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ time of every seed, their mean and median, and the process CPU time.
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ import matplotlib
 import numpy as np
 import PIL.Image
 import torch
-from bench_pipeline import RESULTS_DIR, environment
+from bench_pipeline import RESULTS_DIR, environment, save_record
 
 import diffusers_infvsr
 from diffusers_infvsr.training import degrade
@@ -95,9 +94,7 @@ def main():
     )
     label = args.label or result["commit"].replace("+", "-")
     output = Path(args.output or RESULTS_DIR / f"cpu_{datetime.date.today()}_degradations_{label}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {output}")
+    save_record(result, output)
 
 
 if __name__ == "__main__":

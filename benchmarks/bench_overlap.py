@@ -34,7 +34,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import torch
-from bench_pipeline import RESULTS_DIR, TINY_CONFIGS, build_pipeline, environment
+from bench_pipeline import RESULTS_DIR, TINY_CONFIGS, build_pipeline, environment, save_record
 
 from diffusers_infvsr.scenes import SceneMarker
 from diffusers_infvsr.video import H264Writer, decode_frames, probe_video, upscale_video
@@ -163,10 +163,7 @@ def main(argv=None) -> dict:
     print(json.dumps({key: value for key, value in record.items() if key != "runs"}, indent=2))
 
     output = Path(args.output or RESULTS_DIR / f"cpu_{record['date'][:10]}_overlap_{args.config}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2))
-    plot(record, output.with_suffix(".png"))
-    print(f"saved {output} and {output.with_suffix('.png')}")
+    save_record(record, output, plot)
     return record
 
 

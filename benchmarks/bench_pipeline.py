@@ -252,6 +252,17 @@ def run_in_subprocess(args, num_frames: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def save_record(record: dict, output: Path, plot=None) -> None:
+    """Write `record` as JSON to `output` and, given `plot(record, path)`, a PNG beside it; say where."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2) + "\n")
+    if plot is None:
+        print(f"saved {output}")
+        return
+    plot(record, output.with_suffix(".png"))
+    print(f"saved {output} and {output.with_suffix('.png')}")
+
+
 def environment(device: torch.device) -> dict:
     import diffusers
 

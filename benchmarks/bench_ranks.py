@@ -36,7 +36,7 @@ import av
 import numpy as np
 import torch
 from bench_overlap import make_input
-from bench_pipeline import RESULTS_DIR, build_pipeline, environment
+from bench_pipeline import RESULTS_DIR, build_pipeline, environment, save_record
 
 from diffusers_infvsr.video import probe_video
 from diffusers_infvsr.video.scene_split import plan_scenes
@@ -143,10 +143,7 @@ def main(argv=None) -> dict:
     print(json.dumps(record, indent=2))
     name = f"cpu_{record['date'][:10]}_ranks{'_one_video' if args.one_video else ''}"
     output = Path(args.output or RESULTS_DIR / f"{name}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2))
-    plot(record, output.with_suffix(".png"))
-    print(f"saved {output} and {output.with_suffix('.png')}")
+    save_record(record, output, plot)
     return record
 
 
