@@ -226,7 +226,8 @@ def test_rank_0_reports_another_process_that_cannot_start_and_leaves_nothing(tmp
     monkeypatch.setattr("diffusers_infvsr.video.ranks.Ranks", ranks)
     clip = make_scenes_clip(tmp_path / "clip.mp4")
     assert main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(tiny_pipeline_dir)]) == 1
-    assert ranks.brought[0] == {"error": None} and ranks.meetings == []  # rank 0 was ready; both meetings held
+    assert ranks.brought[0]["error"] is None and ranks.meetings == []  # rank 0 was ready; both meetings held
+    assert ranks.brought[0]["source"].path == clip  # what the others decode with
     assert capsys.readouterr().err.count("error: rank 1: Cannot load the model 'x': gone") == 1
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]  # no job folder, no lock
 
@@ -238,6 +239,28 @@ def test_a_process_that_cannot_start_tells_the_others_and_prints_nothing(tmp_pat
     assert main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(tmp_path / "no-model")]) == 1
     assert ranks.brought[0]["error"].startswith("Cannot load the model") and ranks.meetings == []
     assert "error:" not in capsys.readouterr().err  # rank 0 reports it
+
+
+def test_only_rank_0_checks_the_input_and_its_failures_reach_the_others(tmp_path, tiny_pipeline_dir, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    clip = make_scenes_clip(tmp_path / "clip.mp4")
+    options = ["--model", str(tiny_pipeline_dir), "--scale", "40"]  # more positions than the tiny model's table
+    scans = []
+    monkeypatch.setattr("diffusers_infvsr.video.jobs.scan_packets", lambda path: scans.append(path))
+
+    ranks = TwoRanks(1, [{"error": "stopped by rank 0"}, {"failed": [clip], "done_before": 0}])
+    monkeypatch.setattr("diffusers_infvsr.video.ranks.Ranks", ranks)
+    assert main([clip, "-o", str(tmp_path / "out.mp4"), *options]) == 1
+    assert scans == [] and ranks.meetings == []  # rank 1 waits for rank 0's check instead of scanning the file too
+    assert "error:" not in capsys.readouterr().err
+
+    monkeypatch.undo()
+    ranks = TwoRanks(0, [{"error": None, "source": None}, {"failed": [], "done_before": 0}])
+    monkeypatch.setattr("diffusers_infvsr.video.ranks.Ranks", ranks)
+    assert main([clip, "-o", str(tmp_path / "out.mp4"), *options]) == 1
+    assert "needs 80 positions a side" in ranks.brought[0]["error"] and ranks.meetings == []  # told, not left waiting
+    assert capsys.readouterr().err.count("error: ") == 1
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]
 
 
 def test_a_scene_failing_on_another_process_is_reported_and_one_process_resumes_the_rest(

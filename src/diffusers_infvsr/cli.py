@@ -350,14 +350,12 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _check_video(args: argparse.Namespace, input_path: Path, output_path: Path, first_process: bool):
-    """Every check of a single video's job that needs no model (the lock only on the first process); its `VideoInfo`."""
+def _check_video(args: argparse.Namespace, input_path: Path, output_path: Path):
+    """Every check of a single video's job that needs no model, and the lock; its `VideoInfo`."""
     from .video import JobLock, check_job, work_folder
     from .video.jobs import interlaced_warning
 
     source = check_job(input_path, output_path, args.scale, args.crf, args.overwrite, args.allow_damaged, args.start)
-    if not first_process:
-        return source
     if source.interlaced:
         print(f"warning: {interlaced_warning(source)}", file=sys.stderr)
     if args.context_parallel and work_folder(output_path).exists() and not args.overwrite:
@@ -395,8 +393,8 @@ def _run_jobs(args: argparse.Namespace, jobs, mine: list[int], folder_mode: bool
             print(f"{jobs[0][1]} is already done (nothing to resume); pass --overwrite to redo it.", file=sys.stderr)
         return
     try:
-        if not folder_mode:  # fail before loading the model
-            source = _check_video(args, *jobs[0], first_process=ranks.rank == 0)
+        if not folder_mode and ranks.rank == 0:  # fail before loading the model; rank 0 tells a split video's others
+            source = _check_video(args, *jobs[0])
         pipe = _load_for(args, ranks)
     except Exception as error:
         if not split_video:

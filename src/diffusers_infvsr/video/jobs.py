@@ -610,12 +610,6 @@ def upscale_video(
     """
     input_path, output_path = os.fspath(input_path), Path(output_path)
     pipe.check_inputs(upscale_factor)
-    if source is None:
-        source = check_job(input_path, output_path, upscale_factor, crf, overwrite, allow_damaged, start)
-        if source.interlaced:
-            logger.warning(interlaced_warning(source))
-    _check_model_frame_size(pipe, source.width, source.height, upscale_factor)
-
     settings = {
         "format": JOB_FORMAT,
         "input": input_fingerprint(input_path),
@@ -635,11 +629,26 @@ def upscale_video(
     split = scene_detection and ranks is not None and ranks.num_ranks > 1
     if split or (resume and (job.path / PLAN_FILE).exists()):
         ranks = ranks or Ranks(share_work=False)
-        return upscale_by_scene(job, source, pipe, settings, ranks, overwrite, resume, checkpoint_interval,
-                                allow_damaged, overlap)  # fmt: skip
+        return upscale_by_scene(input_path, job, source, pipe, settings, ranks, overwrite, resume,
+                                checkpoint_interval, allow_damaged, overlap)  # fmt: skip
+    source = checked_source(input_path, output_path, source, pipe, settings, overwrite, allow_damaged)
     with JobLock(output_path):
         resuming = _resume_or_start(job, settings, overwrite, resume)
         return _run_job(job, source, pipe, settings, resuming, checkpoint_interval, allow_damaged, overlap)
+
+
+def checked_source(input_path: str, output_path: Path, source: VideoInfo | None, pipe: InfVSRPipeline,
+                   settings: dict, overwrite: bool, allow_damaged: bool) -> VideoInfo:  # fmt: skip
+    """The input's [`VideoInfo`] once every check of the job has passed ([`check_job`], unless `source` is its
+    answer already, and the model's frame size)."""
+    upscale_factor = settings["upscale_factor"]
+    if source is None:
+        source = check_job(input_path, output_path, upscale_factor, settings["crf"], overwrite, allow_damaged,
+                           settings["start"])  # fmt: skip
+        if source.interlaced:
+            logger.warning(interlaced_warning(source))
+    _check_model_frame_size(pipe, source.width, source.height, upscale_factor)
+    return source
 
 
 def _run_job(

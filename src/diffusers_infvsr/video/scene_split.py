@@ -51,6 +51,7 @@ from .jobs import (
     _kept_message,
     _resume_or_start,
     _run_job,
+    checked_source,
     expected_frames,
     finish_job,
     joined_record,
@@ -263,8 +264,9 @@ def _failures(meeting: list[dict]) -> str | None:
 
 
 def upscale_by_scene(
+    input_path: str,
     job: JobFolder,
-    source: VideoInfo,
+    source: VideoInfo | None,
     pipe: InfVSRPipeline,
     settings: dict,
     ranks: Ranks,
@@ -276,7 +278,9 @@ def upscale_by_scene(
 ) -> UpscaleResult | None:
     r"""
     The job of [`upscale_video`] with its scenes shared among `ranks` (see the module's docstring); every process of
-    the launch calls it, and each returns when its share is done. Returns the result on rank 0, `None` on the others.
+    the launch calls it, and each returns when its share is done. Rank 0 checks the input (`source`: what
+    [`check_job`] returned, if it ran already) and hands its [`VideoInfo`] to the others, which pass `None`. Returns
+    the result on rank 0, `None` on the others.
 
     Raises:
         `VideoFileError`: on rank 0, for a failure on any process, with a message that says what to do.
@@ -286,11 +290,13 @@ def upscale_by_scene(
         error, resuming = None, False
         if ranks.rank == 0:
             try:
+                source = checked_source(input_path, job.output_path, source, pipe, settings, overwrite, allow_damaged)
                 lock.acquire()
                 resuming = _resume_or_start(job, settings, overwrite, resume)
             except Exception as failure:  # noqa: BLE001 - every process must hear of it at the next meeting
                 error = _message(job, failure)
-        failed = _failures(ranks.gather({"error": error}))
+        meeting = ranks.gather({"error": error, "source": source})
+        source, failed = meeting[0].get("source"), _failures(meeting)  # none from a rank 0 that abandoned
         if failed:
             if ranks.rank == 0 and error is None and not resuming:
                 shutil.rmtree(job.path)  # made just now, for nothing
